@@ -1,0 +1,33 @@
+# `make test` / `make train` work on a fresh machine with Python 3.11: the
+# virtual environment is (re)built from the pinned requirements whenever it is
+# missing or requirements.txt / pyproject.toml changed since it was built.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= workdirs/digits
+PYTEST_ARGS ?=
+
+.PHONY: venv test train bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+train: $(STAMP)
+	$(PY) -m hcl_jax.demo
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
+	$(PY) benchmarks/loss_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,65 @@
+"""The embedded default: HCL on the UCI digits that ship with scikit-learn.
+
+Command (what `make train` runs):
+  python -m hcl_jax.main --config configs/digits.py --workdir workdirs/digits
+
+Expected time: measured and filled in by the training-run issue.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.dataset = "digits"            # digits | cifar10 | cifar100 | stl10
+  config.data_dir = "data"             # TFDS data_dir: local folder or gs:// bucket
+  config.image_size = 32               # every dataset is trained at this resolution
+  config.batch_size = 256              # global, over all devices and hosts
+  config.num_epochs = 30
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "resnet18"       # resnet18 | resnet34 | resnet50
+  config.model.stem = "cifar"          # cifar (3x3, stride 1, no pool) | imagenet
+  config.model.width_multiplier = 0.25  # narrow net for the laptop-sized demo
+  config.model.projection_hidden_dim = 512
+  config.model.projection_dim = 128
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "hcl"             # nt_xent | dcl | hcl
+  config.loss.temperature = 0.5
+  config.loss.tau_plus = 0.1
+  config.loss.beta = 1.0
+  config.loss.beta_anneal = "none"     # none | down (linspace(beta, 0, 9) over the run)
+  config.loss.block_size = 0           # 0: untiled; else anchors per row block
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"       # adam | lars
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.weight_decay = 1e-6
+  config.optimizer.warmup_epochs = 0   # lars only: linear warmup, then cosine decay
+  config.mixed_precision = False       # bf16 compute, float32 params and loss
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.crop_scale = (0.08, 1.0)
+  config.augment.crop_ratio = (3 / 4, 4 / 3)
+  config.augment.flip_prob = 0.5
+  config.augment.jitter_prob = 0.8
+  config.augment.brightness = 0.4
+  config.augment.contrast = 0.4
+  config.augment.saturation = 0.4
+  config.augment.hue = 0.1
+  config.augment.grayscale_prob = 0.2
+
+  config.checkpoint_every_steps = 200
+  config.keep_checkpoints = 3
+  config.log_every_steps = 10
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.knn_k = 200
+  config.eval.knn_temperature = 0.5
+  config.eval.linear_epochs = 100
+  config.eval.linear_batch_size = 512
+  config.eval.linear_learning_rate = 1e-3
+  config.eval.linear_weight_decay = 1e-6
+  return config

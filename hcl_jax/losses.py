@@ -1,0 +1,327 @@
+"""Contrastive losses: HCL (hard negatives), DCL (debiased) and NT-Xent (SimCLR).
+
+All three are one formula (Robinson et al., "Contrastive Learning with Hard
+Negative Samples", ICLR 2021, arXiv:2010.04592, as in its published code):
+NT-Xent is HCL with ``beta = 0, tau_plus = 0`` and DCL is HCL with ``beta = 0``.
+
+For the ``2B`` anchors ``z_i`` (the rows of ``concat(z1, z2)``, L2-normalised)
+with positive ``z_p(i)`` (the same image's other view) and the ``N = 2B - 2``
+other rows as negatives, with ``s_ij = <z_i, z_j> / t``::
+
+    pos_i = exp(s_i,p(i))
+    R_i   = N * sum_j exp((beta + 1) s_ij) / sum_j exp(beta s_ij)
+    Ng_i  = max((R_i - tau_plus * N * pos_i) / (1 - tau_plus), N * exp(-1/t))
+    loss  = mean_i -log(pos_i / (pos_i + Ng_i))
+
+The hardness weights ``exp(beta s_ij)`` are not stop-gradient'ed, as in the
+reference code. Everything is evaluated in log space (shifted logsumexps and a
+stable ``log(1 - exp(x))``), so float32 stays finite and accurate where the
+published exp-space code overflows (t = 0.05, beta = 6 gives NaN there).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+__all__ = [
+    "hcl_loss",
+    "dcl_loss",
+    "nt_xent_loss",
+    "hcl_loss_and_metrics",
+]
+
+# The similarity matmul is a vanishing fraction of a training step's FLOPs,
+# but it is divided by the temperature (x20 at t = 0.05): the default bf16
+# passes of TPU matmuls would cost three digits of the loss, so ask for full
+# float32 precision.
+_SIMILARITY_PRECISION = jax.lax.Precision.HIGHEST
+# F.normalize's epsilon in the reference code.
+_NORMALIZE_EPS = 1e-12
+
+
+def _is_traced(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def _check_range(name: str, value: Any, *, low: float, high: float | None,
+                 low_inclusive: bool, allowed: str) -> None:
+  """Raises ValueError if a concrete hyperparameter is out of range.
+
+  Traced values (under jit / vmap / grad) can't be inspected and are accepted:
+  a sweep over a vector of betas inside ``jax.vmap`` must work.
+  """
+  if _is_traced(value):
+    return
+  try:
+    values = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} must be a real number {allowed}; got {value!r}.") from e
+  if values.size == 0 or not np.all(np.isfinite(values)):
+    raise ValueError(f"{name} must be a finite number {allowed}; got {value!r}.")
+  ok = values >= low if low_inclusive else values > low
+  if high is not None:
+    ok = ok & (values < high)
+  if not np.all(ok):
+    raise ValueError(f"{name} must be {allowed}; got {value!r}.")
+
+
+def _check_hyperparameters(temperature: Any, tau_plus: Any, beta: Any) -> None:
+  _check_range("temperature", temperature, low=0.0, high=None,
+               low_inclusive=False, allowed="> 0")
+  _check_range("tau_plus", tau_plus, low=0.0, high=1.0,
+               low_inclusive=True, allowed="in [0, 1)")
+  _check_range("beta", beta, low=0.0, high=None,
+               low_inclusive=True, allowed=">= 0")
+
+
+def _check_projections(z1: Any, z2: Any) -> None:
+  for name, z in (("z1", z1), ("z2", z2)):
+    if not hasattr(z, "shape") or not hasattr(z, "dtype"):
+      raise ValueError(f"{name} must be an array of shape [B, D]; got {type(z).__name__}.")
+    if len(z.shape) != 2:
+      raise ValueError(
+          f"{name} must have rank 2 ([B, D]: batch, projection dim); got shape {tuple(z.shape)}.")
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+      raise ValueError(
+          f"{name} must have a floating dtype (float16, bfloat16, float32, float64); got {z.dtype}.")
+  if tuple(z1.shape) != tuple(z2.shape):
+    raise ValueError(
+        f"z1 and z2 must have the same shape [B, D]; got {tuple(z1.shape)} and {tuple(z2.shape)}.")
+  if z1.shape[0] < 2:
+    raise ValueError(
+        f"the batch size B must be >= 2 (each anchor needs at least one negative); got B = {z1.shape[0]}.")
+  if z1.shape[1] < 1:
+    raise ValueError(f"the projection dimension D must be >= 1; got D = {z1.shape[1]}.")
+
+
+def _l2_normalize(z: Array) -> Array:
+  z = z.astype(jnp.float32)
+  norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
+  return z / jnp.maximum(norm, _NORMALIZE_EPS)
+
+
+def _log1mexp(x: Array) -> Array:
+  """log(1 - exp(x)) for x < 0, accurate near 0 and for very negative x."""
+  return jnp.where(x > -math.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
+def _anchor_terms(anchors: Array, candidates: Array, anchor_ids: Array,
+                  positive_ids: Array, *, temperature: Any, tau_plus: Any,
+                  beta: Any) -> tuple[Array, Array, Array, Array]:
+  """Per-anchor loss terms for a set of anchors against all candidates.
+
+  Args:
+    anchors: [A, D] L2-normalised float32 anchor rows.
+    candidates: [M, D] L2-normalised float32 rows: every row of the (global)
+      batch, anchors included.
+    anchor_ids: [A] int, index of each anchor among the candidates (excluded
+      from its own negatives).
+    positive_ids: [A] int, index of each anchor's positive among the candidates.
+
+  Returns:
+    (loss [A], clamped [A] bool, positive cosine [A], mean negative cosine [A]).
+  """
+  inv_t = 1.0 / temperature
+  num_candidates = candidates.shape[0]
+  num_negatives = num_candidates - 2
+  log_n = math.log(num_negatives)
+
+  s = jnp.matmul(anchors, candidates.T, precision=_SIMILARITY_PRECISION) * inv_t
+  columns = jnp.arange(num_candidates)[None, :]
+  negative = (columns != anchor_ids[:, None]) & (columns != positive_ids[:, None])
+  s_pos = jnp.take_along_axis(s, positive_ids[:, None], axis=1)[:, 0]
+
+  # log R_i = log N + lse_j((beta + 1) s_ij) - lse_j(beta s_ij), over negatives.
+  # The mask is applied after scaling so that beta = 0 never meets -inf * 0.
+  neg_inf = jnp.asarray(-jnp.inf, s.dtype)
+  lse_weighted = jax.nn.logsumexp(jnp.where(negative, (beta + 1.0) * s, neg_inf), axis=1)
+  lse_weights = jax.nn.logsumexp(jnp.where(negative, beta * s, neg_inf), axis=1)
+  log_r = log_n + lse_weighted - lse_weights
+
+  # log(R - tau+ N pos) = log R + log(1 - exp(x)), x = log(tau+ N pos) - log R.
+  # When x >= 0 the debiased estimate is <= 0 and the clamp binds.
+  x = jnp.log(tau_plus) + log_n + s_pos - log_r
+  valid = x < 0.0
+  log_debiased = log_r + _log1mexp(jnp.where(valid, x, -1.0)) - jnp.log1p(-tau_plus)
+  log_clamp = log_n - inv_t
+  clamped = jnp.logical_not(valid & (log_debiased > log_clamp))
+  log_ng = jnp.where(clamped, log_clamp, log_debiased)
+
+  # -log(pos / (pos + Ng)) = log(exp(s_pos) + Ng) - s_pos = softplus(log Ng - s_pos).
+  loss = jax.nn.softplus(log_ng - s_pos)
+
+  positive_cosine = s_pos * temperature
+  negative_cosine = jnp.sum(jnp.where(negative, s, 0.0), axis=1) * temperature / num_negatives
+  return loss, clamped, positive_cosine, negative_cosine
+
+
+def hcl_loss_and_metrics(
+    z1: Array,
+    z2: Array,
+    *,
+    temperature: float | Array = 0.5,
+    tau_plus: float | Array = 0.1,
+    beta: float | Array = 1.0,
+) -> tuple[Array, Mapping[str, Array]]:
+  """HCL loss with the training metrics that come for free with it.
+
+  Same arguments and loss as :func:`hcl_loss`.
+
+  Returns:
+    ``(loss, metrics)``: the float32 scalar loss and a dict of float32 scalars,
+    ``clamped_fraction`` (fraction of anchors whose ``Ng_i`` hit the clamp
+    ``N exp(-1/t)``), ``positive_similarity`` (mean cosine to the positive) and
+    ``negative_similarity`` (mean cosine to the negatives).
+  """
+  _check_projections(z1, z2)
+  _check_hyperparameters(temperature, tau_plus, beta)
+  temperature = jnp.asarray(temperature, jnp.float32)
+  tau_plus = jnp.asarray(tau_plus, jnp.float32)
+  beta = jnp.asarray(beta, jnp.float32)
+
+  batch = z1.shape[0]
+  candidates = jnp.concatenate([_l2_normalize(z1), _l2_normalize(z2)], axis=0)
+  anchor_ids = jnp.arange(2 * batch)
+  positive_ids = (anchor_ids + batch) % (2 * batch)
+  loss, clamped, pos_cos, neg_cos = _anchor_terms(
+      candidates, candidates, anchor_ids, positive_ids,
+      temperature=temperature, tau_plus=tau_plus, beta=beta)
+  metrics = {
+      "clamped_fraction": jnp.mean(clamped.astype(jnp.float32)),
+      "positive_similarity": jnp.mean(pos_cos),
+      "negative_similarity": jnp.mean(neg_cos),
+  }
+  return jnp.mean(loss), metrics
+
+
+def hcl_loss(
+    z1: Array,
+    z2: Array,
+    *,
+    temperature: float | Array = 0.5,
+    tau_plus: float | Array = 0.1,
+    beta: float | Array = 1.0,
+) -> Array:
+  r"""Hard negative contrastive loss (HCL) of Robinson et al., ICLR 2021.
+
+  With :math:`z_i` the :math:`2B` rows of ``concat(z1, z2)`` L2-normalised,
+  :math:`p(i)` the other view of the same image, :math:`N = 2B - 2` negatives
+  per anchor and :math:`s_{ij} = z_i^\top z_j / t`:
+
+  .. math::
+
+    R_i = N \frac{\sum_{j \ne i, p(i)} e^{(\beta + 1) s_{ij}}}
+                 {\sum_{j \ne i, p(i)} e^{\beta s_{ij}}}, \qquad
+    Ng_i = \max\Big(\frac{R_i - \tau^+ N e^{s_{i p(i)}}}{1 - \tau^+},\;
+                     N e^{-1/t}\Big),
+
+  .. math::
+
+    \mathcal{L} = \frac{1}{2B} \sum_{i=1}^{2B}
+        -\log \frac{e^{s_{i p(i)}}}{e^{s_{i p(i)}} + Ng_i}.
+
+  Gradients flow through the hardness weights :math:`e^{\beta s_{ij}}` (as in
+  the published code); where the clamp is active :math:`Ng_i` has zero
+  gradient. Evaluated in log space, so it is finite in float32 at any
+  temperature and beta, and within 1e-5 (relative) of a float64 evaluation.
+
+  Args:
+    z1: [B, D] projections of the first view of B images, any float dtype;
+      need not be normalised. B >= 2.
+    z2: [B, D] projections of the second view of the same images, row i of z2
+      being the same image as row i of z1.
+    temperature: t > 0, scalar (a Python float, or a traced array e.g. under
+      ``jax.vmap``).
+    tau_plus: class prior :math:`\tau^+` in [0, 1), scalar.
+    beta: concentration :math:`\beta \ge 0` of the hard-negative weights,
+      scalar. It multiplies :math:`s_{ij}`, which is already divided by t.
+
+  Returns:
+    A float32 scalar: the mean loss over the 2B anchors.
+
+  Raises:
+    ValueError: for a concrete hyperparameter out of range, ranks other than
+      2, mismatched shapes, B < 2 or a non-float dtype.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from hcl_jax import losses
+    >>> z1, z2 = jax.random.normal(jax.random.key(0), (2, 8, 16))
+    >>> loss = losses.hcl_loss(z1, z2, temperature=0.5, tau_plus=0.1, beta=1.0)
+    >>> sweep = jax.vmap(lambda b: losses.hcl_loss(z1, z2, beta=b))(jnp.arange(4.0))
+
+  References:
+    Robinson, Chuang, Sra, Jegelka, "Contrastive Learning with Hard Negative
+    Samples", ICLR 2021. https://arxiv.org/abs/2010.04592
+  """
+  return hcl_loss_and_metrics(z1, z2, temperature=temperature, tau_plus=tau_plus, beta=beta)[0]
+
+
+def dcl_loss(
+    z1: Array,
+    z2: Array,
+    *,
+    temperature: float | Array = 0.5,
+    tau_plus: float | Array = 0.1,
+) -> Array:
+  r"""Debiased contrastive loss (DCL) of Chuang et al., NeurIPS 2020.
+
+  :func:`hcl_loss` with ``beta = 0``: uniform weights over the negatives, so
+
+  .. math::
+
+    Ng_i = \max\Big(\frac{\sum_{j \ne i, p(i)} e^{s_{ij}} - \tau^+ N e^{s_{i p(i)}}}
+                         {1 - \tau^+},\; N e^{-1/t}\Big).
+
+  Args:
+    z1: [B, D] projections of the first view, any float dtype. B >= 2.
+    z2: [B, D] projections of the second view of the same images.
+    temperature: t > 0, scalar.
+    tau_plus: class prior in [0, 1), scalar.
+
+  Returns:
+    A float32 scalar: the mean loss over the 2B anchors.
+
+  References:
+    Chuang, Robinson, Lin, Torralba, Jegelka, "Debiased Contrastive Learning",
+    NeurIPS 2020. https://arxiv.org/abs/2007.00224
+  """
+  return hcl_loss(z1, z2, temperature=temperature, tau_plus=tau_plus, beta=0.0)
+
+
+def nt_xent_loss(
+    z1: Array,
+    z2: Array,
+    *,
+    temperature: float | Array = 0.5,
+) -> Array:
+  r"""NT-Xent, the SimCLR loss (Chen et al., ICML 2020).
+
+  :func:`hcl_loss` with ``beta = 0, tau_plus = 0`` (the clamp can't bind):
+
+  .. math::
+
+    \mathcal{L} = \frac{1}{2B} \sum_i -\log
+        \frac{e^{s_{i p(i)}}}{e^{s_{i p(i)}} + \sum_{j \ne i, p(i)} e^{s_{ij}}}.
+
+  Args:
+    z1: [B, D] projections of the first view, any float dtype. B >= 2.
+    z2: [B, D] projections of the second view of the same images.
+    temperature: t > 0, scalar.
+
+  Returns:
+    A float32 scalar: the mean loss over the 2B anchors.
+
+  References:
+    Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive
+    Learning of Visual Representations", ICML 2020. https://arxiv.org/abs/2002.05709
+  """
+  return hcl_loss(z1, z2, temperature=temperature, tau_plus=0.0, beta=0.0)
