@@ -102,8 +102,13 @@ def _check_projections(z1: Any, z2: Any) -> None:
     raise ValueError(f"the projection dimension D must be >= 1; got D = {z1.shape[1]}.")
 
 
+def _compute_dtype(z: Array) -> Any:
+  """float32 for half-precision and float32 inputs; float64 stays float64."""
+  return jnp.promote_types(z.dtype, jnp.float32)
+
+
 def _l2_normalize(z: Array) -> Array:
-  z = z.astype(jnp.float32)
+  z = z.astype(_compute_dtype(z))
   norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
   return z / jnp.maximum(norm, _NORMALIZE_EPS)
 
@@ -140,15 +145,23 @@ def _anchor_terms(anchors: Array, candidates: Array, anchor_ids: Array,
   s_pos = jnp.take_along_axis(s, positive_ids[:, None], axis=1)[:, 0]
 
   # log R_i = log N + lse_j((beta + 1) s_ij) - lse_j(beta s_ij), over negatives.
+  # Both sums are shifted by the row's largest negative s_max: the shifts
+  # (beta + 1) s_max and beta s_max cancel to s_max exactly, so no large
+  # logsumexp offsets (up to (beta + 1) / t) enter in float32.
   # The mask is applied after scaling so that beta = 0 never meets -inf * 0.
+  # (The shift's gradient cancels too, hence stop_gradient.)
   neg_inf = jnp.asarray(-jnp.inf, s.dtype)
-  lse_weighted = jax.nn.logsumexp(jnp.where(negative, (beta + 1.0) * s, neg_inf), axis=1)
-  lse_weights = jax.nn.logsumexp(jnp.where(negative, beta * s, neg_inf), axis=1)
-  log_r = log_n + lse_weighted - lse_weights
+  s_max = jax.lax.stop_gradient(jnp.max(jnp.where(negative, s, neg_inf), axis=1, keepdims=True))
+  shifted = jnp.where(negative, s - s_max, 0.0)
+  log_sum_weighted = jax.nn.logsumexp(jnp.where(negative, (beta + 1.0) * shifted, neg_inf), axis=1)
+  log_sum_weights = jax.nn.logsumexp(jnp.where(negative, beta * shifted, neg_inf), axis=1)
+  s_max = s_max[:, 0]
+  log_r = log_n + s_max + log_sum_weighted - log_sum_weights
 
-  # log(R - tau+ N pos) = log R + log(1 - exp(x)), x = log(tau+ N pos) - log R.
+  # log(R - tau+ N pos) = log R + log(1 - exp(x)), x = log(tau+ N pos) - log R,
+  # with x formed from differences of similar-sized terms (s_pos - s_max).
   # When x >= 0 the debiased estimate is <= 0 and the clamp binds.
-  x = jnp.log(tau_plus) + log_n + s_pos - log_r
+  x = jnp.log(tau_plus) + (s_pos - s_max) - (log_sum_weighted - log_sum_weights)
   valid = x < 0.0
   log_debiased = log_r + _log1mexp(jnp.where(valid, x, -1.0)) - jnp.log1p(-tau_plus)
   log_clamp = log_n - inv_t
@@ -183,9 +196,10 @@ def hcl_loss_and_metrics(
   """
   _check_projections(z1, z2)
   _check_hyperparameters(temperature, tau_plus, beta)
-  temperature = jnp.asarray(temperature, jnp.float32)
-  tau_plus = jnp.asarray(tau_plus, jnp.float32)
-  beta = jnp.asarray(beta, jnp.float32)
+  dtype = _compute_dtype(z1)
+  temperature = jnp.asarray(temperature, dtype)
+  tau_plus = jnp.asarray(tau_plus, dtype)
+  beta = jnp.asarray(beta, dtype)
 
   batch = z1.shape[0]
   candidates = jnp.concatenate([_l2_normalize(z1), _l2_normalize(z2)], axis=0)
@@ -195,7 +209,7 @@ def hcl_loss_and_metrics(
       candidates, candidates, anchor_ids, positive_ids,
       temperature=temperature, tau_plus=tau_plus, beta=beta)
   metrics = {
-      "clamped_fraction": jnp.mean(clamped.astype(jnp.float32)),
+      "clamped_fraction": jnp.mean(clamped.astype(dtype)),
       "positive_similarity": jnp.mean(pos_cos),
       "negative_similarity": jnp.mean(neg_cos),
   }
@@ -245,7 +259,8 @@ def hcl_loss(
       scalar. It multiplies :math:`s_{ij}`, which is already divided by t.
 
   Returns:
-    A float32 scalar: the mean loss over the 2B anchors.
+    A float32 scalar (float64 for float64 inputs): the mean loss over the 2B
+    anchors.
 
   Raises:
     ValueError: for a concrete hyperparameter out of range, ranks other than
