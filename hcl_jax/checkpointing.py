@@ -296,7 +296,7 @@ class Checkpointer:
           _log.warning("Could not rename %s (%s); deleting it.", src, e)
           src.rmtree(missing_ok=True)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("hcl_jax_checkpoint_set_aside")
     self._manager.reload()
 

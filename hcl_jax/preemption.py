@@ -37,7 +37,7 @@ _log = logging.getLogger(__name__)
 
 def _preemption_service_running() -> bool:
   try:
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    from jax._src import distributed
   except ImportError:  # pragma: no cover - private module moved
     return False
   state = distributed.global_state
@@ -94,7 +94,7 @@ class PreemptionGuard:
     """
     if jax.process_count() == 1:
       return self.should_stop
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils
     if self._use_sync_service:
       return bool(multihost_utils.reached_preemption_sync_point(step))
     flags = multihost_utils.process_allgather(np.asarray(self.should_stop))
