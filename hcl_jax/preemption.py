@@ -1,0 +1,136 @@
+"""Turning a preemption notice (SIGTERM) into "save a checkpoint and exit 0".
+
+Spot/preemptible TPU VMs announce preemption with SIGTERM and kill the
+process some seconds later. The default SIGTERM action kills the process at
+once, losing everything since the last periodic checkpoint. Inside a
+``PreemptionGuard`` the signal only sets a flag; the train loop polls it
+once per step, saves, and returns normally (exit code 0).
+
+Single process (the usual case, and every test): a Python signal handler.
+
+Multi-host (``jax.process_count() > 1``): the hosts must stop at the *same*
+step, or the ones still training hang in a collective. After
+``jax.distributed.initialize()`` JAX runs a preemption service (on by
+default, ``jax_enable_preemption_service``) whose C++ notifier catches
+SIGTERM on any host and agrees on a common step; ``should_stop_at(step)``
+asks it via ``multihost_utils.reached_preemption_sync_point(step)``. The guard
+then installs no SIGTERM handler of its own, because a Python handler would
+replace the service's and hide the notice from it. Without that service the
+hosts instead all-gather their flags each call (a tiny blocking collective).
+Enter the guard after ``jax.distributed.initialize()``, and call
+``should_stop_at`` on every host at every step, with the same step numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import types
+from typing import Any
+
+import jax
+import numpy as np
+
+_log = logging.getLogger(__name__)
+
+
+def _preemption_service_running() -> bool:
+  try:
+    from jax._src import distributed
+  except ImportError:  # pragma: no cover - private module moved
+    return False
+  state = distributed.global_state
+  return (getattr(state, "client", None) is not None
+          and getattr(state, "preemption_sync_manager", None) is not None)
+
+
+class PreemptionGuard:
+  """Context manager: SIGTERM (and optionally SIGINT) set a stop flag.
+
+  Example::
+
+    with PreemptionGuard() as guard:
+      for step in range(start + 1, total + 1):
+        state = train_step(state, batch)
+        stop = guard.should_stop_at(step)
+        ckpt.maybe_save(step, state, extra, force=stop or step == total)
+        if stop:
+          break
+    ckpt.close()   # waits for the async write; then return / exit 0
+
+  A second SIGINT while the flag is set raises KeyboardInterrupt, so an
+  interactive user can still abort a run that is slow to reach a step end.
+  The previous handlers are restored on exit.
+  """
+
+  def __init__(self, *, handle_sigint: bool = False):
+    """Args:
+      handle_sigint: also treat Ctrl-C (SIGINT) as "save and stop".
+    """
+    self.handle_sigint = handle_sigint
+    self._received: int | None = None
+    self._old_handlers: dict[int, Any] = {}
+    self._use_sync_service = False
+
+  # -- state -------------------------------------------------------------------
+
+  @property
+  def should_stop(self) -> bool:
+    """True once this process received one of the guarded signals."""
+    return self._received is not None
+
+  @property
+  def signal_name(self) -> str | None:
+    """Name of the first guarded signal received (e.g. "SIGTERM"), or None."""
+    return None if self._received is None else signal.Signals(
+        self._received).name
+
+  def should_stop_at(self, step: int) -> bool:
+    """Whether every process should save and stop after ``step``.
+
+    Single process: the local flag. Multi-host: a decision all hosts agree
+    on (see the module docstring); call it on every host at every step.
+    """
+    if jax.process_count() == 1:
+      return self.should_stop
+    from jax.experimental import multihost_utils
+    if self._use_sync_service:
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    flags = multihost_utils.process_allgather(np.asarray(self.should_stop))
+    return bool(np.any(flags))
+
+  # -- context manager ---------------------------------------------------------
+
+  def __enter__(self) -> PreemptionGuard:
+    if threading.current_thread() is not threading.main_thread():
+      raise ValueError("PreemptionGuard must be entered on the main thread "
+                       "(Python only runs signal handlers there)")
+    self._received = None
+    self._use_sync_service = (jax.process_count() > 1
+                              and _preemption_service_running())
+    signals = []
+    if not self._use_sync_service:
+      signals.append(signal.SIGTERM)
+    if self.handle_sigint:
+      signals.append(signal.SIGINT)
+    for signum in signals:
+      self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._old_handlers.items():
+      signal.signal(signum, handler)
+    self._old_handlers.clear()
+
+  def _on_signal(self, signum: int, frame: types.FrameType | None) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self._received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # second Ctrl-C: the user really means it
+    if self._received is None:
+      self._received = signum
+      _log.warning("Received %s: will save a checkpoint and stop after the "
+                   "current step.", name)
+    else:
+      _log.warning("Received %s again; already stopping.", name)

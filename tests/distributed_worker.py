@@ -1,0 +1,74 @@
+"""One process of the two-process runtime test (run by test_distributed.py).
+
+Environment (set by the test): JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID, JAX_PLATFORMS=cpu and XLA_FLAGS with
+--xla_force_host_platform_device_count. Prints one JSON line starting with
+RESULT: what this process saw of the global computation.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from hcl_jax import distributed, losses, mesh as mesh_lib
+
+GLOBAL_BATCH, DIM = 8, 16
+
+
+def global_inputs() -> tuple[np.ndarray, np.ndarray]:
+  """The full batch, identical in every process (and in the test)."""
+  rng = np.random.default_rng(0)
+  z1 = rng.standard_normal((GLOBAL_BATCH, DIM)).astype(np.float32)
+  z2 = (z1 + 0.5 * rng.standard_normal((GLOBAL_BATCH, DIM))).astype(np.float32)
+  return z1, z2
+
+
+def main() -> None:
+  # First, before anything touches a backend (importing jax does not).
+  info = distributed.initialize_distributed(initialization_timeout_s=60)
+  mesh = mesh_lib.make_mesh()
+  sharding = mesh_lib.batch_sharding(mesh)
+  pid, count = jax.process_index(), jax.process_count()
+  rows = slice(pid * GLOBAL_BATCH // count, (pid + 1) * GLOBAL_BATCH // count)
+
+  # Each process contributes only its own rows: a disjoint shard of the batch.
+  z1, z2 = global_inputs()
+  z1_global = jax.make_array_from_process_local_data(
+      sharding, z1[rows], (GLOBAL_BATCH, DIM))
+  z2_global = jax.make_array_from_process_local_data(
+      sharding, z2[rows], (GLOBAL_BATCH, DIM))
+  ids = np.arange(GLOBAL_BATCH, dtype=np.float32)
+  ids_global = jax.make_array_from_process_local_data(
+      sharding, ids[rows], (GLOBAL_BATCH,))
+
+  # An explicit cross-process collective: every device sums its rows, psum
+  # adds the sums of all devices of all processes.
+  psum = jax.jit(jax.shard_map(
+      lambda x: jax.lax.psum(jnp.sum(x), mesh_lib.DATA_AXIS),
+      mesh=mesh, in_specs=P(mesh_lib.DATA_AXIS), out_specs=P()))(ids_global)
+
+  loss_fn = jax.jit(lambda a, b: losses.hcl_loss(
+      a, b, temperature=0.5, tau_plus=0.1, beta=1.0))
+  loss = loss_fn(z1_global, z2_global)
+
+  result = {
+      "mode": info.mode,
+      "process_index": pid,
+      "info_process_index": info.process_index,
+      "info_global_device_count": info.global_device_count,
+      "process_count": count,
+      "local_device_count": jax.local_device_count(),
+      "device_count": jax.device_count(),
+      "mesh_size": int(mesh.devices.size),
+      "local_rows": [int(v) for v in ids[rows]],
+      "psum": float(psum),
+      "loss": float(loss),
+  }
+  print("RESULT:" + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()
