@@ -94,7 +94,12 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 
 def digits_builder(data_dir: str, image_size: int) -> Digits:
-  """The prepared ``digits`` builder for ``image_size``, built if missing."""
+  """The prepared ``digits`` builder for ``image_size``, built if missing.
+
+  Building takes a few seconds. On several hosts sharing one data_dir (a
+  bucket), build it once first (e.g. run this on one host), since concurrent
+  first builds of the same folder race.
+  """
   if image_size not in IMAGE_SIZES:
     raise ValueError(f"image_size={image_size!r}: digits is built at one of {IMAGE_SIZES}.")
   builder = Digits(data_dir=data_dir, config=f"{image_size}px")
