@@ -1,0 +1,18 @@
+"""Input pipelines for hcl_jax (TFDS + tf.data on the host, jax.Arrays out).
+
+- ``augment``: the paper's augmentations as stateless tf functions.
+- ``digits``: the embedded, offline ``digits`` TFDS dataset (scikit-learn's).
+- ``sources``: dataset names -> TFDS builders/splits; fail fast when missing.
+- ``pipeline``: ``make_pretrain_dataset`` (two views, resumable),
+  ``make_eval_dataset`` (readout / kNN).
+- ``global_arrays``: ``global_batches`` (sharded global arrays, prefetched).
+"""
+
+from hcl_jax.data.global_arrays import global_batches, to_global
+from hcl_jax.data.pipeline import PretrainData, make_eval_dataset, make_pretrain_dataset
+from hcl_jax.data.sources import DATASETS, DatasetNotPreparedError, load_builder
+
+__all__ = [
+    "DATASETS", "DatasetNotPreparedError", "PretrainData", "global_batches",
+    "load_builder", "make_eval_dataset", "make_pretrain_dataset", "to_global",
+]

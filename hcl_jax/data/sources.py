@@ -1,0 +1,105 @@
+"""Which TFDS dataset and splits each ``config.dataset`` means, and loading them.
+
+``load_builder(config)`` returns a prepared TFDS builder or fails within
+seconds: TFDS datasets are never downloaded here (this code runs on machines
+without internet and on TPU hosts that read a gs:// bucket). ``digits`` is the
+exception: it is built locally from scikit-learn's copy on first use.
+
+| dataset  | pre-training split | readout train | readout test | classes |
+|----------|--------------------|---------------|--------------|---------|
+| digits   | train (1,437)      | train         | test (360)   | 10      |
+| cifar10  | train (50,000)     | train         | test         | 10      |
+| cifar100 | train (50,000)     | train         | test         | 100     |
+| stl10    | train+unlabelled (105,000) | train (5,000) | test (8,000) | 10 |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow_datasets as tfds
+
+from hcl_jax.data.digits import digits_builder
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  tfds_name: str
+  pretrain_split: str
+  train_split: str
+  test_split: str
+  num_classes: int
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec("digits", "train", "train", "test", 10),
+    "cifar10": DatasetSpec("cifar10", "train", "train", "test", 10),
+    "cifar100": DatasetSpec("cifar100", "train", "train", "test", 100),
+    "stl10": DatasetSpec("stl10", "train+unlabelled", "train", "test", 10),
+}
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A TFDS dataset is not in data_dir and will not be downloaded."""
+
+
+def get_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ValueError(f"dataset={name!r}: unknown; expected one of {sorted(DATASETS)}.")
+  return DATASETS[name]
+
+
+def not_prepared_message(name: str, data_dir: str, looked_in: str) -> str:
+  return (
+      f"TFDS dataset {name!r} is not prepared under data_dir={data_dir!r} "
+      f"(looked for {looked_in}), and hcl_jax never downloads it.\n"
+      f"On a machine with internet, prepare it:\n"
+      f"  tfds build {name} --data_dir=/path/to/tensorflow_datasets\n"
+      f"or in Python:\n"
+      f"  import tensorflow_datasets as tfds\n"
+      f"  tfds.builder({name!r}, data_dir='/path/to/tensorflow_datasets')"
+      f".download_and_prepare()\n"
+      f"then copy the folder /path/to/tensorflow_datasets/{name} to this machine "
+      f"(or to a gs:// bucket for TPU hosts) and set config.data_dir to the "
+      f"folder that contains {name}/ (e.g. --config.data_dir=gs://my-bucket/tfds).")
+
+
+def load_builder(config) -> tfds.core.DatasetBuilder:
+  """The prepared builder for ``config.dataset`` in ``config.data_dir``.
+
+  Raises:
+    ValueError: unknown dataset.
+    DatasetNotPreparedError: a TFDS dataset is missing (never downloads).
+  """
+  spec = get_spec(config.dataset)
+  if config.dataset == "digits":
+    return digits_builder(config.data_dir, config.image_size)
+  builder = tfds.builder(spec.tfds_name, data_dir=config.data_dir, try_gcs=False)
+  if not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        not_prepared_message(spec.tfds_name, config.data_dir, str(builder.data_dir)))
+  return builder
+
+
+def host_split(split: str, process_index: int, process_count: int, *,
+               drop_remainder: bool):
+  """The part of ``split`` that process ``process_index`` reads."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index!r}: need 0 <= index < "
+                     f"process_count={process_count!r}.")
+  if process_count == 1:
+    return split
+  return tfds.split_for_jax_process(split, process_index=process_index,
+                                    process_count=process_count,
+                                    drop_remainder=drop_remainder)
+
+
+def num_examples(builder: tfds.core.DatasetBuilder, split) -> int:
+  return int(builder.info.splits[split].num_examples)
+
+
+def read(builder: tfds.core.DatasetBuilder, split):
+  """Examples of ``split`` in a fixed order: {"image": uint8 [H, W, C], "label": int64}."""
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(try_autocache=False))
+  return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
