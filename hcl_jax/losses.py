@@ -21,6 +21,7 @@ published exp-space code overflows (t = 0.05, beta = 6 gives NaN there).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Mapping
@@ -82,7 +83,7 @@ def _check_hyperparameters(temperature: Any, tau_plus: Any, beta: Any) -> None:
                low_inclusive=True, allowed=">= 0")
 
 
-def _check_projections(z1: Any, z2: Any) -> None:
+def _check_projections(z1: Any, z2: Any, *, global_batch: bool = False) -> None:
   for name, z in (("z1", z1), ("z2", z2)):
     if not hasattr(z, "shape") or not hasattr(z, "dtype"):
       raise ValueError(f"{name} must be an array of shape [B, D]; got {type(z).__name__}.")
@@ -95,7 +96,7 @@ def _check_projections(z1: Any, z2: Any) -> None:
   if tuple(z1.shape) != tuple(z2.shape):
     raise ValueError(
         f"z1 and z2 must have the same shape [B, D]; got {tuple(z1.shape)} and {tuple(z2.shape)}.")
-  if z1.shape[0] < 2:
+  if z1.shape[0] < (1 if global_batch else 2):
     raise ValueError(
         f"the batch size B must be >= 2 (each anchor needs at least one negative); got B = {z1.shape[0]}.")
   if z1.shape[1] < 1:
@@ -176,6 +177,86 @@ def _anchor_terms(anchors: Array, candidates: Array, anchor_ids: Array,
   return loss, clamped, positive_cosine, negative_cosine
 
 
+def _check_block_size(block_size: Any) -> None:
+  if block_size is None:
+    return
+  if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
+    raise ValueError(f"block_size must be None (untiled) or an integer >= 1; got {block_size!r}.")
+
+
+def _gather_candidates(z1: Array, z2: Array, axis_name: Any) -> tuple[Array, int, Array]:
+  """All rows of the global batch as candidates, and this shard's row offset.
+
+  Returns (candidates [2 B_global, D] ordered [all view-1 rows; all view-2
+  rows], B_global, offset of this device's rows within each view).
+  """
+  if axis_name is None:
+    return jnp.concatenate([z1, z2], axis=0), z1.shape[0], jnp.asarray(0)
+  try:
+    # all_gather's transpose is a reduce-scatter: every device's anchors send
+    # their gradient back to the rows' owners, unscaled. That is the exact
+    # single-device gradient, where dropping it or dividing by world size is
+    # the classic multi-device contrastive bug.
+    g1 = jax.lax.all_gather(z1, axis_name, tiled=True)
+    g2 = jax.lax.all_gather(z2, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * z1.shape[0]
+  except NameError as e:
+    raise ValueError(
+        f"axis_name={axis_name!r} is not a mapped axis here: call the loss inside "
+        f"jax.shard_map (or jax.pmap) over that mesh axis, or pass axis_name=None "
+        f"under plain jit. ({e})") from e
+  return jnp.concatenate([g1, g2], axis=0), g1.shape[0], offset
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _psum_sum_of_local_terms(x: Array, axis_name: Any) -> Array:
+  """psum of per-device partial sums, differentiated as the global sum.
+
+  Every device holds the same global loss and differentiates it; d(global)/
+  d(local partial sum) is 1 on each device. That is the transpose shard_map
+  gives psum, but pmap transposes psum to another psum (a gradient scaled by
+  the device count), so the rule is stated here for both.
+  """
+  return jax.lax.psum(x, axis_name)
+
+
+def _psum_fwd(x, axis_name):
+  return jax.lax.psum(x, axis_name), None
+
+
+def _psum_bwd(axis_name, _, cotangent):
+  # The cotangent of a replicated value, handed back to a per-device one.
+  return (jax.lax.pcast(cotangent, axis_name, to="varying"),)
+
+
+_psum_sum_of_local_terms.defvjp(_psum_fwd, _psum_bwd)
+
+
+def _tiled_anchor_terms(anchors, candidates, anchor_ids, positive_ids, *, block_size, **kw):
+  """_anchor_terms over row blocks of anchors, rematerialised in the backward.
+
+  Forward and backward hold one [block_size, M] block at a time (plus the
+  [M, D] candidates and their gradient), never the [A, M] matrix. A that
+  block_size does not divide is padded with rows whose terms are dropped.
+  """
+  num_anchors, dim = anchors.shape
+  num_blocks = -(-num_anchors // block_size)
+  pad = num_blocks * block_size - num_anchors
+  anchors = jnp.pad(anchors, ((0, pad), (0, 0)))
+  # Padded rows point at candidates 0 / 1: finite values, sliced off below.
+  anchor_ids = jnp.pad(anchor_ids, (0, pad))
+  positive_ids = jnp.pad(positive_ids, (0, pad), constant_values=1)
+
+  @jax.checkpoint
+  def block(args):
+    return _anchor_terms(*args[:1], candidates, *args[1:], **kw)
+
+  terms = jax.lax.map(block, (anchors.reshape(num_blocks, block_size, dim),
+                              anchor_ids.reshape(num_blocks, block_size),
+                              positive_ids.reshape(num_blocks, block_size)))
+  return tuple(t.reshape(-1)[:num_anchors] for t in terms)
+
+
 def hcl_loss_and_metrics(
     z1: Array,
     z2: Array,
@@ -183,6 +264,8 @@ def hcl_loss_and_metrics(
     temperature: float | Array = 0.5,
     tau_plus: float | Array = 0.1,
     beta: float | Array = 1.0,
+    axis_name: Any = None,
+    block_size: int | None = None,
 ) -> tuple[Array, Mapping[str, Array]]:
   """HCL loss with the training metrics that come for free with it.
 
@@ -192,28 +275,50 @@ def hcl_loss_and_metrics(
     ``(loss, metrics)``: the float32 scalar loss and a dict of float32 scalars,
     ``clamped_fraction`` (fraction of anchors whose ``Ng_i`` hit the clamp
     ``N exp(-1/t)``), ``positive_similarity`` (mean cosine to the positive) and
-    ``negative_similarity`` (mean cosine to the negatives).
+    ``negative_similarity`` (mean cosine to the negatives); all over the
+    global batch when ``axis_name`` is given.
   """
-  _check_projections(z1, z2)
+  _check_projections(z1, z2, global_batch=axis_name is not None)
   _check_hyperparameters(temperature, tau_plus, beta)
+  _check_block_size(block_size)
   dtype = _compute_dtype(z1)
   temperature = jnp.asarray(temperature, dtype)
   tau_plus = jnp.asarray(tau_plus, dtype)
   beta = jnp.asarray(beta, dtype)
 
-  batch = z1.shape[0]
-  candidates = jnp.concatenate([_l2_normalize(z1), _l2_normalize(z2)], axis=0)
-  anchor_ids = jnp.arange(2 * batch)
-  positive_ids = (anchor_ids + batch) % (2 * batch)
-  loss, clamped, pos_cos, neg_cos = _anchor_terms(
-      candidates, candidates, anchor_ids, positive_ids,
-      temperature=temperature, tau_plus=tau_plus, beta=beta)
+  local_batch = z1.shape[0]
+  z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
+  candidates, global_batch, offset = _gather_candidates(z1, z2, axis_name)
+  if global_batch < 2:
+    raise ValueError(
+        f"the global batch size B must be >= 2 (each anchor needs at least one negative); "
+        f"got B = {global_batch}.")
+  # This device's anchors: its view-1 rows then its view-2 rows, each paired
+  # with the same image's other view in the global candidate order.
+  rows = offset + jnp.arange(local_batch)
+  anchors = jnp.concatenate([z1, z2], axis=0)
+  anchor_ids = jnp.concatenate([rows, global_batch + rows])
+  positive_ids = jnp.concatenate([global_batch + rows, rows])
+  kw = dict(temperature=temperature, tau_plus=tau_plus, beta=beta)
+  if block_size is None or block_size >= anchors.shape[0]:
+    terms = _anchor_terms(anchors, candidates, anchor_ids, positive_ids, **kw)
+  else:
+    terms = _tiled_anchor_terms(anchors, candidates, anchor_ids, positive_ids,
+                                block_size=block_size, **kw)
+  loss, clamped, pos_cos, neg_cos = terms
+
+  def global_mean(x):
+    total = jnp.sum(x.astype(dtype))
+    if axis_name is not None:
+      total = _psum_sum_of_local_terms(total, axis_name)
+    return total / (2 * global_batch)
+
   metrics = {
-      "clamped_fraction": jnp.mean(clamped.astype(dtype)),
-      "positive_similarity": jnp.mean(pos_cos),
-      "negative_similarity": jnp.mean(neg_cos),
+      "clamped_fraction": global_mean(clamped),
+      "positive_similarity": global_mean(pos_cos),
+      "negative_similarity": global_mean(neg_cos),
   }
-  return jnp.mean(loss), metrics
+  return global_mean(loss), metrics
 
 
 def hcl_loss(
@@ -223,6 +328,8 @@ def hcl_loss(
     temperature: float | Array = 0.5,
     tau_plus: float | Array = 0.1,
     beta: float | Array = 1.0,
+    axis_name: Any = None,
+    block_size: int | None = None,
 ) -> Array:
   r"""Hard negative contrastive loss (HCL) of Robinson et al., ICLR 2021.
 
@@ -257,6 +364,18 @@ def hcl_loss(
     tau_plus: class prior :math:`\tau^+` in [0, 1), scalar.
     beta: concentration :math:`\beta \ge 0` of the hard-negative weights,
       scalar. It multiplies :math:`s_{ij}`, which is already divided by t.
+    axis_name: None, or the mesh axis (name or tuple of names) over which the
+      batch is split, when called inside ``jax.shard_map`` / ``jax.pmap``.
+      Then z1, z2 are this device's [B_local, D] rows; the loss uses all
+      2 B_global rows as candidates (all-gather), averages over all 2 B_global
+      anchors and returns the same value on every device; each device computes
+      only its own anchors' rows (memory O(B_local x B_global)) and its input
+      gradient is exactly its slice of the single-device gradient. Under plain
+      ``jax.jit`` with globally sharded z1, z2 leave it None.
+    block_size: None, or the number of anchors per row block: the loss is then
+      computed block by block against all candidates and rematerialised in the
+      backward pass, so memory is O(block_size x 2B) instead of O((2B)^2).
+      Any block_size is exact (a last partial block is padded and dropped).
 
   Returns:
     A float32 scalar (float64 for float64 inputs): the mean loss over the 2B
@@ -277,7 +396,8 @@ def hcl_loss(
     Robinson, Chuang, Sra, Jegelka, "Contrastive Learning with Hard Negative
     Samples", ICLR 2021. https://arxiv.org/abs/2010.04592
   """
-  return hcl_loss_and_metrics(z1, z2, temperature=temperature, tau_plus=tau_plus, beta=beta)[0]
+  return hcl_loss_and_metrics(z1, z2, temperature=temperature, tau_plus=tau_plus, beta=beta,
+                              axis_name=axis_name, block_size=block_size)[0]
 
 
 def dcl_loss(
@@ -286,6 +406,8 @@ def dcl_loss(
     *,
     temperature: float | Array = 0.5,
     tau_plus: float | Array = 0.1,
+    axis_name: Any = None,
+    block_size: int | None = None,
 ) -> Array:
   r"""Debiased contrastive loss (DCL) of Chuang et al., NeurIPS 2020.
 
@@ -309,7 +431,8 @@ def dcl_loss(
     Chuang, Robinson, Lin, Torralba, Jegelka, "Debiased Contrastive Learning",
     NeurIPS 2020. https://arxiv.org/abs/2007.00224
   """
-  return hcl_loss(z1, z2, temperature=temperature, tau_plus=tau_plus, beta=0.0)
+  return hcl_loss(z1, z2, temperature=temperature, tau_plus=tau_plus, beta=0.0,
+                  axis_name=axis_name, block_size=block_size)
 
 
 def nt_xent_loss(
@@ -317,6 +440,8 @@ def nt_xent_loss(
     z2: Array,
     *,
     temperature: float | Array = 0.5,
+    axis_name: Any = None,
+    block_size: int | None = None,
 ) -> Array:
   r"""NT-Xent, the SimCLR loss (Chen et al., ICML 2020).
 
@@ -339,4 +464,5 @@ def nt_xent_loss(
     Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive
     Learning of Visual Representations", ICML 2020. https://arxiv.org/abs/2002.05709
   """
-  return hcl_loss(z1, z2, temperature=temperature, tau_plus=0.0, beta=0.0)
+  return hcl_loss(z1, z2, temperature=temperature, tau_plus=0.0, beta=0.0,
+                  axis_name=axis_name, block_size=block_size)
