@@ -1,6 +1,7 @@
 """The sharded train step: 1 vs 8 devices, tracing, learning, config checks."""
 
 import os
+from unittest import mock
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
@@ -43,65 +44,83 @@ def _batch(seed=0):
           for k in ("view1", "view2")}
 
 
-def _run(config, num_devices, steps, model=None, batches=None):
-  mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
-  model = model or _tiny_model()
+STEPS = 4
+
+
+def _init_host_state(config, model):
+  """create_train_state once (its jit compile is the slow part), kept on the host."""
+  mesh = mesh_lib.make_mesh(jax.devices()[:8])
   state = ts.create_train_state(config, model, jax.random.key(0), mesh, (SIZE, SIZE, 3))
-  step = ts.make_train_step(config, mesh, steps_per_epoch=4, model=model)
+  assert state.params["encoder"]["stem_conv"]["kernel"].sharding.is_fully_replicated
+  return jax.device_get(state)
+
+
+def _run(config, num_devices, host_state, model, steps=STEPS, count_traces=False):
+  """``steps`` steps on one fixed batch; returns (final state, metrics per step, step fn)."""
+  mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
+  state = jax.device_put(host_state, mesh_lib.replicated(mesh))
+  build = ts.build_train_step
+  with mock.patch.object(ts, "build_train_step", lambda *a: chex.assert_max_traces(
+      build(*a), n=1) if count_traces else build(*a)):
+    step = ts.make_train_step(config, mesh, steps_per_epoch=2, model=model)
   history = []
-  for i in range(steps):
-    batch = (batches or [_batch(i)])[i % len(batches or [1])]
-    batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
+  for _ in range(steps):
+    # A fresh copy of the batch every call: new arrays must not retrace.
+    batch = jax.device_put(_batch(7), mesh_lib.batch_sharding(mesh))
     state, metrics = step(state, batch)
     history.append(jax.device_get(metrics))
   return jax.device_get(state), history, step
 
 
-def test_one_and_eight_devices_agree():
-  assert len(jax.devices()) >= 8
+@pytest.fixture(scope="module")
+def runs():
   config = _config()
-  state1, hist1, _ = _run(config, 1, steps=2)
-  state8, hist8, _ = _run(config, 8, steps=2)
+  config.optimizer.learning_rate = 3e-3
+  model = _tiny_model()
+  host_state = _init_host_state(config, model)
+  return {
+      "config": config,
+      "host_state": host_state,
+      1: _run(config, 1, host_state, model),
+      8: _run(config, 8, host_state, model, count_traces=True),
+  }
+
+
+def test_one_and_eight_devices_agree(runs):
+  assert len(jax.devices()) >= 8
+  (state1, hist1, _), (state8, hist8, _) = runs[1], runs[8]
   for m1, m8 in zip(hist1, hist8):
     for key in m1:
       np.testing.assert_allclose(m1[key], m8[key], rtol=1e-5, atol=1e-6, err_msg=key)
   chex.assert_trees_all_close(state1.params, state8.params, rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_close(state1.batch_stats, state8.batch_stats, rtol=1e-4, atol=1e-6)
-  assert int(state8.step) == 2
+  assert int(state8.step) == STEPS
   assert set(hist1[0]) == {"loss", "clamped_fraction", "positive_similarity",
                            "negative_similarity", "beta", "lr"}
+  # The parameters moved (the equality is not vacuous).
+  kernel = runs["host_state"].params["head"]["out"]["kernel"]
+  assert np.abs(state8.params["head"]["out"]["kernel"] - kernel).max() > 1e-4
 
 
-def test_step_traced_once():
-  config = _config()
-  mesh = mesh_lib.make_mesh(jax.devices()[:2])
-  model = _tiny_model()
-  pure = chex.assert_max_traces(ts.build_train_step(config, model, 4), n=1)
-  jitted = jax.jit(pure, donate_argnums=0)
-  state = ts.create_train_state(config, model, jax.random.key(0), mesh, (SIZE, SIZE, 3))
-  step = ts.make_train_step(config, mesh, 4, model=model)
-  for i in range(3):   # new arrays, new step and beta values: no retrace
-    state, _ = step(state, jax.device_put(_batch(i), mesh_lib.batch_sharding(mesh)))
+def test_step_traced_once(runs):
+  # The 8-device run wrapped the pure step in chex.assert_max_traces(n=1)
+  # (which raises on a second trace) and called it STEPS times.
+  step = runs[8][2]
   assert step._cache_size() == 1
-  state = jax.device_get(state)
-  for i in range(3):
-    state, _ = jitted(state, _batch(i))   # raises on a second trace
 
 
-def test_loss_decreases_on_fixed_batch():
-  config = _config(name="nt_xent")
-  config.optimizer.learning_rate = 3e-3
-  _, history, _ = _run(config, 2, steps=6, batches=[_batch(7)])
-  losses = [float(m["loss"]) for m in history]
+def test_loss_decreases_on_fixed_batch(runs):
+  losses = [float(m["loss"]) for m in runs[8][1]]
   assert losses[-1] < losses[0] - 0.05, losses
-  assert all(m["beta"] == 0.0 for m in history)
+  assert all(float(m["beta"]) == 1.0 for m in runs[8][1])
+  assert all(float(m["lr"]) == pytest.approx(3e-3) for m in runs[8][1])
 
 
-def test_bf16_stays_finite():
+def test_bf16_stays_finite(runs):
   config = _config()
   config.mixed_precision = True
   model = _tiny_model(dtype=jnp.bfloat16)
-  state, history, _ = _run(config, 2, steps=3, model=model)
+  state, history, _ = _run(config, 2, runs["host_state"], model, steps=2)
   assert all(np.isfinite(m["loss"]) for m in history)
   leaves = jax.tree.leaves(state.params)
   assert all(leaf.dtype == jnp.float32 for leaf in leaves)   # float32 master params
