@@ -1,0 +1,231 @@
+"""The training step: one pure function, jitted over a device mesh.
+
+The global batch ``{"view1", "view2"}`` (float32 ``[B, H, W, 3]`` each) is
+sharded over the mesh's data axis; the state (parameters, BatchNorm
+statistics, optimizer state) is replicated and donated. Everything is written
+for global arrays, so XLA inserts the collectives: the BatchNorm statistics
+and the contrastive loss's negatives span the whole global batch, and the
+step gives the same result on 1 device and on 8 (tested), and on a pod by
+sharding alone.
+
+Both views go through the encoder in one forward pass of ``2B`` rows, stacked
+image-major / view-minor (``[B, 2, H, W, 3] -> [2B, H, W, 3]``) so that both
+views of an image stay on the device that holds it. BatchNorm statistics are
+per view (:class:`hcl_jax.models.ViewBatchNorm`), as when the published code
+runs the two views through the network one after the other.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from hcl_jax import losses
+from hcl_jax import mesh as mesh_lib
+from hcl_jax import models
+from hcl_jax import optim
+
+LOSSES = ("nt_xent", "dcl", "hcl")
+BETA_ANNEALS = ("none", "down")
+# The published code's annealing: beta walks through linspace(beta, 0, 9).
+NUM_BETA_STEPS = 9
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes (replicated on the mesh).
+
+  Attributes:
+    step: int32 scalar, optimizer steps taken so far.
+    params: float32 parameters of the model.
+    batch_stats: BatchNorm running averages.
+    opt_state: the optax state of ``make_optimizer(config, ...)``.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def _is_number(value: Any) -> bool:
+  return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def validate_loss_config(config: Any) -> None:
+  """Raises ValueError naming the bad ``config.loss`` key."""
+  loss = config.loss
+  if loss.name not in LOSSES:
+    raise ValueError(f"config.loss.name must be one of {LOSSES}; got {loss.name!r}.")
+  if not _is_number(loss.temperature) or not loss.temperature > 0:
+    raise ValueError(f"config.loss.temperature must be a number > 0; got {loss.temperature!r}.")
+  if not _is_number(loss.tau_plus) or not 0 <= loss.tau_plus < 1:
+    raise ValueError(f"config.loss.tau_plus must be a number in [0, 1); got {loss.tau_plus!r}.")
+  if not _is_number(loss.beta) or not loss.beta >= 0:
+    raise ValueError(f"config.loss.beta must be a number >= 0; got {loss.beta!r}.")
+  anneal = loss.get("beta_anneal", "none")
+  if anneal not in BETA_ANNEALS:
+    raise ValueError(f"config.loss.beta_anneal must be one of {BETA_ANNEALS}; got {anneal!r}.")
+  block_size = loss.get("block_size", 0)
+  if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0:
+    raise ValueError(f"config.loss.block_size must be an int >= 0; got {block_size!r}.")
+  if block_size and "block_size" not in inspect.signature(losses.hcl_loss_and_metrics).parameters:
+    raise ValueError(
+        f"config.loss.block_size={block_size} needs a blocked loss; this hcl_jax.losses "
+        "has none yet: use 0.")
+
+
+def validate_config(config: Any) -> None:
+  """Checks the model, optimizer and loss config; ValueError naming the key."""
+  models.validate_model_config(config.model)
+  optim.validate_optimizer_config(config)
+  validate_loss_config(config)
+  if not isinstance(config.get("mixed_precision", False), bool):
+    raise ValueError(
+        f"config.mixed_precision must be True or False; got {config.mixed_precision!r}.")
+  if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 2:
+    raise ValueError(f"config.batch_size must be an int >= 2; got {config.batch_size!r}.")
+  if isinstance(config.num_epochs, bool) or not isinstance(config.num_epochs, int) or config.num_epochs < 1:
+    raise ValueError(f"config.num_epochs must be an int >= 1; got {config.num_epochs!r}.")
+
+
+def beta_at_step(config: Any, step: jax.Array | int, steps_per_epoch: int) -> jax.Array:
+  """The HCL beta used at optimizer step ``step`` (float32 scalar; traceable).
+
+  ``beta_anneal == "none"``: ``config.loss.beta``. ``"down"``: exactly the
+  published code's schedule. There, with ``P = int(num_epochs / 9)``, beta
+  starts at ``config.loss.beta`` and after every 1-based epoch divisible by
+  ``P`` takes the next value of ``linspace(beta, 0, 9)`` (whose first value is
+  beta itself). So during 0-based epoch ``e`` beta is
+  ``linspace(beta, 0, 9)[clip(e // P - 1, 0, 8)]``: the first value lasts 2P
+  epochs, the others P each. (P is at least 1 here, and the index stops at the
+  last value, where the published code would divide by zero / run out.)
+  """
+  beta = float(config.loss.beta)
+  if config.loss.get("beta_anneal", "none") == "none":
+    return jnp.full((), beta, jnp.float32)
+  betas = jnp.asarray(np.linspace(beta, 0.0, NUM_BETA_STEPS), jnp.float32)
+  period = max(int(config.num_epochs / NUM_BETA_STEPS), 1)
+  epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
+  index = jnp.clip(epoch // period - 1, 0, NUM_BETA_STEPS - 1)
+  return betas[index]
+
+
+def _loss_hyperparameters(config: Any, step: jax.Array, steps_per_epoch: int):
+  """(temperature, tau_plus, beta) of config.loss.name at ``step``."""
+  loss = config.loss
+  if loss.name == "nt_xent":
+    return float(loss.temperature), 0.0, jnp.zeros((), jnp.float32)
+  if loss.name == "dcl":
+    return float(loss.temperature), float(loss.tau_plus), jnp.zeros((), jnp.float32)
+  return float(loss.temperature), float(loss.tau_plus), beta_at_step(config, step, steps_per_epoch)
+
+
+def stack_views(batch: Batch) -> jax.Array:
+  """``{"view1", "view2"}`` [B, H, W, C] -> [2B, H, W, C], row 2i + v = view v of image i."""
+  view1, view2 = batch["view1"], batch["view2"]
+  if view1.shape != view2.shape or view1.ndim != 4:
+    raise ValueError(
+        f"batch['view1'] and batch['view2'] must both have shape [B, H, W, C]; got "
+        f"{view1.shape} and {view2.shape}.")
+  stacked = jnp.stack([view1, view2], axis=1)
+  return stacked.reshape((-1,) + view1.shape[1:])
+
+
+def build_train_step(config: Any, model: nn.Module, steps_per_epoch: int
+                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The pure (unjitted) step ``(state, batch) -> (state, metrics)``."""
+  tx, lr_schedule = optim.make_optimizer(config, steps_per_epoch)
+  block_size = config.loss.get("block_size", 0)
+  loss_kwargs = {"block_size": block_size} if block_size else {}
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    images = stack_views(batch)
+    num_images = batch["view1"].shape[0]
+    temperature, tau_plus, beta = _loss_hyperparameters(config, state.step, steps_per_epoch)
+
+    def loss_fn(params):
+      (_, projections), updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+          num_views=2, mutable=["batch_stats"])
+      z = projections.reshape(num_images, 2, -1)   # float32, unit rows
+      loss, metrics = losses.hcl_loss_and_metrics(
+          z[:, 0], z[:, 1], temperature=temperature, tau_plus=tau_plus, beta=beta,
+          **loss_kwargs)
+      return loss, (metrics, updates["batch_stats"])
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    metrics = dict(metrics, loss=loss, beta=beta, lr=lr_schedule(state.step))
+    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+  return train_step
+
+
+def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int,
+                    model: nn.Module | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The jitted step over ``mesh``: batch sharded on the data axis, state
+  replicated and donated (don't reuse the state passed in).
+
+  Args:
+    config: the full config; validated here, before anything compiles.
+    mesh: from :func:`hcl_jax.mesh.make_mesh`. ``config.batch_size`` must be a
+      multiple of its size.
+    steps_per_epoch: for the lr schedule and the beta annealing.
+    model: default ``create_model(config)``; tests pass tiny nets.
+
+  Returns:
+    ``step(state, batch) -> (state, metrics)``, metrics float32 scalars:
+    loss, clamped_fraction, positive_similarity, negative_similarity, beta, lr.
+  """
+  validate_config(config)
+  if config.batch_size % mesh.size:
+    raise ValueError(
+        f"config.batch_size ({config.batch_size}) must be a multiple of the number of "
+        f"devices in the mesh ({mesh.size}).")
+  model = models.create_model(config) if model is None else model
+  step = build_train_step(config, model, steps_per_epoch)
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def create_train_state(config: Any, model: nn.Module, rng: jax.Array, mesh: Mesh,
+                       image_shape: tuple[int, int, int], steps_per_epoch: int = 1
+                       ) -> TrainState:
+  """Initialised state, replicated on ``mesh``.
+
+  Args:
+    image_shape: (H, W, C) of one image.
+    steps_per_epoch: only the schedule depends on it, not the state's
+      structure; any value gives a state usable with any schedule.
+  """
+  validate_config(config)
+  if len(image_shape) != 3:
+    raise ValueError(f"image_shape must be (H, W, C); got {image_shape!r}.")
+  tx, _ = optim.make_optimizer(config, steps_per_epoch)
+
+  def init(rng):
+    variables = model.init(rng, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params))
+
+  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)

@@ -1,0 +1,124 @@
+"""Encoders, projection head and per-view BatchNorm."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.digits import get_config
+from hcl_jax import models
+
+
+def _tiny(stem="cifar", stage_sizes=(1, 1), width=4):
+  return models.ContrastiveModel(
+      encoder=models.ResNet(stage_sizes=stage_sizes, block_cls=models.BasicBlock,
+                            base_width=width, stem=stem),
+      head=models.ProjectionHead(hidden_dim=16, out_dim=8))
+
+
+def _images(n, size, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=(n, size, size, 3)), jnp.float32)
+
+
+@pytest.mark.parametrize("name,width,features", [
+    ("resnet18", 1 / 16, 32),       # 4 * 8 channels in stage 4
+    ("resnet34", 1 / 16, 32),
+    ("resnet50", 1 / 16, 128),      # bottleneck expansion 4
+])
+def test_create_model_output_shapes(name, width, features):
+  config = get_config()
+  config.model.name, config.model.width_multiplier = name, width
+  config.model.projection_hidden_dim, config.model.projection_dim = 16, 8
+  model = models.create_model(config)
+  x = jnp.zeros((4, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out[0].shape == (4, features) and out[1].shape == (4, 8)
+  blocks = [k for k in variables["params"]["encoder"] if k.startswith("stage")]
+  expected_blocks = {"resnet18": 8, "resnet34": 16, "resnet50": 16}[name]
+  assert len(blocks) == expected_blocks
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("name", "resnet101", "config.model.name"),
+    ("stem", "tiny", "config.model.stem"),
+    ("width_multiplier", 0.0, "config.model.width_multiplier"),
+    ("width_multiplier", 1e-3, "config.model.width_multiplier"),
+    ("projection_dim", 0, "config.model.projection_dim"),
+])
+def test_bad_model_config_rejected(key, value, match):
+  config = get_config()
+  config.model[key] = value
+  with pytest.raises(ValueError, match=match):
+    models.create_model(config)
+
+
+def test_projection_head_structure_and_normalised_outputs():
+  model = _tiny()
+  x = _images(6, 8)
+  variables = model.init(jax.random.key(0), x, train=False)
+  head = variables["params"]["head"]
+  assert set(head["hidden"]) == {"kernel"}            # Linear without bias
+  assert head["hidden"]["kernel"].shape == (8, 16)   # features (stage 2: 2 * 4 ch) -> hidden
+  assert set(head["hidden_norm"]) == {"scale", "bias"}   # BatchNorm after it
+  assert set(head["out"]) == {"kernel", "bias"}
+  assert head["out"]["kernel"].shape == (16, 8)
+  (features, projections), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(projections, axis=1), 1.0, rtol=1e-5)
+  encoded = model.apply(variables, x, method=models.ContrastiveModel.encode)
+  eval_features, _ = model.apply(variables, x, train=False)
+  np.testing.assert_allclose(encoded, eval_features, rtol=1e-6)
+
+
+@pytest.mark.parametrize("stem,stage1_size", [("cifar", 32), ("imagenet", 8)])
+def test_stem_spatial_size(stem, stage1_size):
+  model = _tiny(stem=stem)
+  x = _images(2, 32)
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, state = model.apply(variables, x, train=False, capture_intermediates=True,
+                         mutable=["intermediates"])
+  stage1 = state["intermediates"]["encoder"]["stage1_block1"]["__call__"][0]
+  assert stage1.shape == (2, stage1_size, stage1_size, 4)
+  stem_conv = variables["params"]["encoder"]["stem_conv"]["kernel"]
+  assert stem_conv.shape[:2] == ((3, 3) if stem == "cifar" else (7, 7))
+
+
+def test_view_batch_norm_per_view_statistics_numpy():
+  rng = np.random.default_rng(1)
+  b, v, c = 5, 2, 3
+  x = rng.normal(size=(b * v, 4, 4, c)).astype(np.float32)
+  x[1::2] = 3.0 * x[1::2] + 2.0                      # view 2 has other statistics
+  bn = models.ViewBatchNorm(num_views=v)
+  variables = bn.init(jax.random.key(0), x)
+  y, updates = bn.apply(variables, jnp.asarray(x), mutable=["batch_stats"])
+  expected = np.empty_like(x)
+  means, variances = [], []
+  for view in range(v):
+    xv = x[view::v].astype(np.float64)
+    mean, var = xv.mean(axis=(0, 1, 2)), xv.var(axis=(0, 1, 2))
+    expected[view::v] = (xv - mean) / np.sqrt(var + 1e-5)
+    means.append(mean), variances.append(var)
+  np.testing.assert_allclose(y, expected, atol=1e-4)
+  np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * np.mean(means, 0), atol=1e-5)
+  np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * np.mean(variances, 0),
+                             atol=1e-5)
+
+
+def test_stacked_views_equal_separate_forward_passes():
+  """One [2B] pass with per-view BN == the published code's two [B] passes."""
+  model = _tiny()
+  v1, v2 = _images(6, 8, seed=2), _images(6, 8, seed=3) * 2.0 + 1.0
+  variables = model.init(jax.random.key(0), v1, train=False)
+  stacked = jnp.stack([v1, v2], axis=1).reshape(12, 8, 8, 3)
+  (_, z), _ = model.apply(variables, stacked, train=True, num_views=2, mutable=["batch_stats"])
+  (_, z1), _ = model.apply(variables, v1, train=True, mutable=["batch_stats"])
+  (_, z2), _ = model.apply(variables, v2, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(z[0::2], z1, atol=2e-5)
+  np.testing.assert_allclose(z[1::2], z2, atol=2e-5)

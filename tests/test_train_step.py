@@ -1,0 +1,226 @@
+"""The sharded train step: 1 vs 8 devices, tracing, learning, config checks."""
+
+import os
+from unittest import mock
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs.digits import get_config
+from hcl_jax import mesh as mesh_lib
+from hcl_jax import models
+from hcl_jax import optim
+from hcl_jax import train_step as ts
+
+BATCH, SIZE = 16, 8
+
+
+def _config(**loss):
+  config = get_config()
+  config.batch_size = BATCH
+  config.num_epochs = 18
+  config.model.projection_hidden_dim, config.model.projection_dim = 16, 8
+  config.loss.update(loss)
+  return config
+
+
+def _tiny_model(dtype=jnp.float32):
+  return models.ContrastiveModel(
+      encoder=models.ResNet(stage_sizes=(1, 1), block_cls=models.BasicBlock, base_width=4,
+                            dtype=dtype),
+      head=models.ProjectionHead(hidden_dim=16, out_dim=8, dtype=dtype))
+
+
+def _batch(seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.normal(size=(BATCH, SIZE, SIZE, 3)), jnp.float32)
+          for k in ("view1", "view2")}
+
+
+STEPS = 4
+
+
+def _init_host_state(config, model):
+  """create_train_state once (its jit compile is the slow part), kept on the host."""
+  mesh = mesh_lib.make_mesh(jax.devices()[:8])
+  state = ts.create_train_state(config, model, jax.random.key(0), mesh, (SIZE, SIZE, 3))
+  assert state.params["encoder"]["stem_conv"]["kernel"].sharding.is_fully_replicated
+  return jax.device_get(state)
+
+
+def _run(config, num_devices, host_state, model, steps=STEPS, count_traces=False):
+  """``steps`` steps on one fixed batch; returns (final state, metrics per step, step fn)."""
+  mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
+  state = jax.device_put(host_state, mesh_lib.replicated(mesh))
+  build = ts.build_train_step
+  with mock.patch.object(ts, "build_train_step", lambda *a: chex.assert_max_traces(
+      build(*a), n=1) if count_traces else build(*a)):
+    step = ts.make_train_step(config, mesh, steps_per_epoch=2, model=model)
+  history = []
+  for _ in range(steps):
+    # A fresh copy of the batch every call: new arrays must not retrace.
+    batch = jax.device_put(_batch(7), mesh_lib.batch_sharding(mesh))
+    state, metrics = step(state, batch)
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history, step
+
+
+@pytest.fixture(scope="module")
+def runs():
+  config = _config()
+  config.optimizer.learning_rate = 3e-3
+  model = _tiny_model()
+  host_state = _init_host_state(config, model)
+  return {
+      "config": config,
+      "host_state": host_state,
+      1: _run(config, 1, host_state, model),
+      8: _run(config, 8, host_state, model, count_traces=True),
+  }
+
+
+def test_one_and_eight_devices_agree(runs):
+  assert len(jax.devices()) >= 8
+  (state1, hist1, _), (state8, hist8, _) = runs[1], runs[8]
+  for m1, m8 in zip(hist1, hist8):
+    for key in m1:
+      np.testing.assert_allclose(m1[key], m8[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  chex.assert_trees_all_close(state1.params, state8.params, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(state1.batch_stats, state8.batch_stats, rtol=1e-4, atol=1e-6)
+  assert int(state8.step) == STEPS
+  assert set(hist1[0]) == {"loss", "clamped_fraction", "positive_similarity",
+                           "negative_similarity", "beta", "lr"}
+  # The parameters moved (the equality is not vacuous).
+  kernel = runs["host_state"].params["head"]["out"]["kernel"]
+  assert np.abs(state8.params["head"]["out"]["kernel"] - kernel).max() > 1e-4
+
+
+def test_step_traced_once(runs):
+  # The 8-device run wrapped the pure step in chex.assert_max_traces(n=1)
+  # (which raises on a second trace) and called it STEPS times.
+  step = runs[8][2]
+  assert step._cache_size() == 1
+
+
+def test_loss_decreases_on_fixed_batch(runs):
+  losses = [float(m["loss"]) for m in runs[8][1]]
+  assert losses[-1] < losses[0] - 0.05, losses
+  assert all(float(m["beta"]) == 1.0 for m in runs[8][1])
+  assert all(float(m["lr"]) == pytest.approx(3e-3) for m in runs[8][1])
+
+
+def test_bf16_stays_finite(runs):
+  config = _config()
+  config.mixed_precision = True
+  model = _tiny_model(dtype=jnp.bfloat16)
+  state, history, _ = _run(config, 2, runs["host_state"], model, steps=2)
+  assert all(np.isfinite(m["loss"]) for m in history)
+  leaves = jax.tree.leaves(state.params)
+  assert all(leaf.dtype == jnp.float32 for leaf in leaves)   # float32 master params
+  assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
+  assert models.create_model(config).encoder.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("model", "name", "vgg"),
+    ("model", "stem", "huge"),
+    ("model", "width_multiplier", -1.0),
+    ("optimizer", "name", "sgd"),
+    ("optimizer", "learning_rate", 0.0),
+    ("optimizer", "weight_decay", -1.0),
+    ("loss", "name", "triplet"),
+    ("loss", "temperature", 0.0),
+    ("loss", "tau_plus", 1.0),
+    ("loss", "beta", -0.5),
+    ("loss", "beta_anneal", "up"),
+])
+def test_bad_config_rejected_before_compiling(section, key, value, monkeypatch):
+  config = _config()
+  config[section][key] = value
+  def no_jit(*args, **kwargs):
+    raise AssertionError("compiled before validating the config")
+  monkeypatch.setattr(jax, "jit", no_jit)
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  with pytest.raises(ValueError, match=f"config.{section}.{key}"):
+    ts.make_train_step(config, mesh, 4)
+
+
+def test_batch_not_divisible_by_devices_rejected():
+  config = _config()
+  config.batch_size = 12
+  with pytest.raises(ValueError, match="multiple of the number of devices"):
+    ts.make_train_step(config, mesh_lib.make_mesh(jax.devices()[:8]), 4)
+
+
+def _published_beta_per_epoch(beta, epochs):
+  """The published training loop's beta bookkeeping, replayed (1-based epochs)."""
+  n_steps = 9
+  betas = iter(np.linspace(beta, 0, n_steps))
+  used = []
+  for epoch in range(1, epochs + 1):
+    used.append(beta)                     # train(...) runs with the current beta
+    if epoch % int(epochs / n_steps) == 0:
+      beta = next(betas)
+  return used
+
+
+def test_beta_annealing_schedule():
+  config = _config(beta=0.8, beta_anneal="down")
+  config.num_epochs = 18
+  steps_per_epoch = 3
+  by_hand = [0.8, 0.8, 0.8, 0.8, 0.7, 0.7, 0.6, 0.6, 0.5, 0.5,
+             0.4, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1, 0.1]
+  np.testing.assert_allclose(_published_beta_per_epoch(0.8, 18), by_hand, atol=1e-12)
+  betas = jax.jit(lambda s: ts.beta_at_step(config, s, steps_per_epoch))(
+      jnp.arange(18 * steps_per_epoch))
+  np.testing.assert_allclose(betas, np.repeat(by_hand, steps_per_epoch), atol=1e-6)
+  # A length that is not a multiple of 9 (the published 400 epochs: period 44).
+  config.num_epochs = 400
+  betas = ts.beta_at_step(config, jnp.arange(400), 1)
+  np.testing.assert_allclose(betas, _published_beta_per_epoch(0.8, 400), atol=1e-6)
+  config.loss.beta_anneal = "none"
+  assert float(ts.beta_at_step(config, 10**6, 1)) == pytest.approx(0.8)
+
+
+def test_adam_is_l2_regularised_adam_not_adamw():
+  config = _config()
+  config.optimizer.weight_decay = 0.5
+  tx, schedule = optim.make_optimizer(config, 10)
+  p, g = jnp.array([2.0, -1.0]), jnp.array([0.1, 0.3])
+  updates, _ = tx.update(g, tx.init(p), p)
+  g_l2 = np.array([0.1 + 1.0, 0.3 - 0.5])       # gradient + wd * param
+  # First Adam step: m_hat = g, v_hat = g^2 -> -lr * g / (|g| + eps).
+  np.testing.assert_allclose(updates, -1e-3 * g_l2 / (np.abs(g_l2) + 1e-8), rtol=1e-5)
+  assert float(schedule(123)) == pytest.approx(1e-3)
+
+
+def test_lars_warmup_cosine_schedule_and_masks():
+  config = _config()
+  config.optimizer.name, config.optimizer.learning_rate = "lars", 0.6
+  config.optimizer.warmup_epochs = 2
+  config.num_epochs = 10
+  tx, schedule = optim.make_optimizer(config, steps_per_epoch=5)   # warmup 10, total 50
+  assert float(schedule(0)) == pytest.approx(0.0)
+  assert float(schedule(5)) == pytest.approx(0.3)
+  assert float(schedule(10)) == pytest.approx(0.6)
+  assert float(schedule(30)) == pytest.approx(0.6 * 0.5 * (1 + np.cos(np.pi * 20 / 40)))
+  assert float(schedule(50)) == pytest.approx(0.0, abs=1e-7)
+  params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))}
+  grads = {"kernel": jnp.full((3, 3), 0.1), "bias": jnp.full((3,), 0.1)}
+  state = tx.init(params)
+  for _ in range(6):
+    updates, state = tx.update(grads, state, params)
+  # Momentum is applied after the lr (optax.lars): u_t = -sum_k 0.9^k lr_{t-k} g.
+  lr_weighted = sum(0.9**k * float(schedule(5 - k)) for k in range(6))
+  # bias: no trust ratio, no decay.
+  np.testing.assert_allclose(updates["bias"], -0.1 * lr_weighted, rtol=1e-5)
+  # kernel: trust ratio 1e-3 * ||p|| / ||g + wd p|| (= 1e-3 * 3 / 0.3 here).
+  trust = 1e-3 * 3.0 / np.linalg.norm(np.full((3, 3), 0.1) + 1e-6)
+  np.testing.assert_allclose(updates["kernel"], -(0.1 + 1e-6) * trust * lr_weighted, rtol=1e-4)
