@@ -71,4 +71,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.linear_batch_size = 512
   config.eval.linear_learning_rate = 1e-3
   config.eval.linear_weight_decay = 1e-6
+  config.eval.readout = "fast"         # fast (cached features) | augmented (the paper's)
   return config

@@ -70,6 +70,7 @@ __all__ = [
     "train_linear_readout",
     "train_linear_readout_augmented",
     "extract_features",
+    "evaluate_encoder",
 ]
 
 # Cosine similarities decide which neighbours are kept, and logits are small
@@ -646,3 +647,103 @@ def extract_features(encode_fn: Callable[[Array], Array],
   if not all_features:
     raise ValueError("batches yielded no batch.")
   return np.concatenate(all_features, axis=0), np.concatenate(all_labels, axis=0)
+
+
+# ------------------------------------------------------- a trained encoder
+
+
+def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> dict[str, float]:
+  """Linear readout and kNN top-1 (in %) of a model's frozen encoder.
+
+  Follows the published code: the kNN (``config.eval.knn_k``,
+  ``knn_temperature``) uses the L2-normalised backbone features of the
+  unaugmented train split as its bank; the readout trains on the
+  un-normalised backbone features, on cached unaugmented features
+  (``config.eval.readout == "fast"``) or on features of freshly augmented
+  train images every epoch (``"augmented"``, the paper's protocol).
+  BatchNorm uses its running averages (inference mode).
+
+  Args:
+    config: the run config (dataset, data_dir, image_size, eval.*).
+    model: a :class:`hcl_jax.models.ContrastiveModel`.
+    state: anything with ``params`` and ``batch_stats`` (a TrainState).
+    mesh: batches are split over its data axis; None for one device.
+  """
+  from hcl_jax import data as data_lib  # TF only where evaluation needs it
+
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  encode_fn = jax.jit(lambda images: model.apply(
+      variables, images, False, method=lambda module, x, train: module.encoder(x, train)))
+  num_classes = data_lib.DATASETS[config.dataset].num_classes
+  ev = config.eval
+
+  def split(name: str, *, augment: bool = False, epoch: int = 0):
+    return data_lib.make_eval_dataset(config, split=name, augment=augment, epoch=epoch,
+                                      shuffle=augment).as_numpy_iterator()
+
+  train_features, train_labels = extract_features(encode_fn, split("train"), mesh=mesh)
+  test_features, test_labels = extract_features(encode_fn, split("test"), mesh=mesh)
+  knn = knn_top1(train_features, train_labels, test_features, test_labels,
+                 num_classes=num_classes, k=ev.knn_k, temperature=ev.knn_temperature, mesh=mesh)
+  readout_kwargs = dict(num_classes=num_classes, epochs=ev.linear_epochs,
+                        learning_rate=ev.linear_learning_rate,
+                        weight_decay=ev.linear_weight_decay, seed=config.seed, mesh=mesh)
+  if ev.readout == "fast":
+    params = train_linear_readout(train_features, train_labels,
+                                  batch_size=ev.linear_batch_size, **readout_kwargs)
+  else:
+    params = train_linear_readout_augmented(
+        encode_fn, lambda epoch: split("train", augment=True, epoch=epoch), **readout_kwargs)
+  return {"linear_top1": round(100.0 * linear_top1(params, test_features, test_labels), 2),
+          "knn_top1": round(100.0 * knn, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+  """``python -m hcl_jax.evaluate --workdir DIR``: evaluate DIR's latest checkpoint.
+
+  Reads the run's saved ``DIR/config.json``, restores the latest readable
+  checkpoint and writes ``DIR/results.json`` (``linear_top1``, ``knn_top1``
+  in %, the step evaluated).
+  """
+  import argparse
+  import json
+  import os
+
+  import ml_collections
+
+  from hcl_jax import models
+  from hcl_jax import train_step as train_step_lib
+  from hcl_jax.checkpointing import Checkpointer
+  from hcl_jax.mesh import make_mesh
+
+  parser = argparse.ArgumentParser(prog="python -m hcl_jax.evaluate", description=main.__doc__)
+  parser.add_argument("--workdir", required=True, help="a training run's --workdir")
+  parser.add_argument("--readout", choices=("fast", "augmented"), default=None,
+                      help="override config.eval.readout")
+  args = parser.parse_args(argv)
+  config_path = os.path.join(args.workdir, "config.json")
+  if not os.path.exists(config_path):
+    parser.error(f"{config_path} does not exist: is {args.workdir!r} a training run's workdir?")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if args.readout:
+    config.eval.readout = args.readout
+  mesh = make_mesh()
+  model = models.create_model(config)
+  image_shape = (config.image_size, config.image_size, 3)
+  template = train_step_lib.create_train_state(config, model, jax.random.key(config.seed), mesh,
+                                               image_shape)
+  with Checkpointer(os.path.join(args.workdir, "checkpoints"), keep=config.keep_checkpoints,
+                    save_every_steps=config.checkpoint_every_steps) as ckpt:
+    restored = ckpt.restore_latest(template)
+  if restored is None:
+    parser.error(f"no readable checkpoint in {args.workdir}/checkpoints.")
+  results = {**evaluate_encoder(config, model, restored.state, mesh), "step": restored.step}
+  with open(os.path.join(args.workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  print(json.dumps(results))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
