@@ -1,0 +1,36 @@
+"""STL-10, SimCLR (NT-Xent: loss.name=nt_xent, tau+ 0, beta 0): the published settings.
+
+ResNet-50 (CIFAR stem, width 1), 32x32 images, batch 256, 400 epochs, t = 0.5,
+Adam lr 1e-3, weight decay 1e-6; linear readout 100 epochs at batch 512
+(configs/common.py, REFERENCE.md). Pre-trains on 105,000 train+unlabelled images (104,960 used: 410 steps of 256).
+
+Command:
+  python -m hcl_jax.main --config configs/stl10_simclr.py --workdir workdirs/stl10_simclr \
+      --config.data_dir=/path/to/tensorflow_datasets
+
+Expected time: ESTIMATES FROM FLOPs, NOT MEASUREMENTS. 627 PFLOP per run
+(626 pre-training: 400 epochs x images x 2 views x 7.45 GFLOP
+forward+backward per view; 1.2 readout: 100 epochs x forward 2.47 GFLOP;
+counts from XLA's cost analysis of the model at 32x32). At an assumed 30 % of peak:
+  TPU v4-8 (4 chips x 275 TFLOP/s bf16):      ~0.53 h
+  one A100 (156 TFLOP/s TF32, float32 default): ~3.7 h  (about half with --config.mixed_precision=True)
+  one H100 SXM (495 TFLOP/s TF32):            ~1.2 h
+Small per-chip batches and the host input pipeline can make it slower; see
+docs/reproducing.md.
+"""
+
+import importlib.util
+import pathlib
+
+
+def _load_common():
+  """configs/common.py, by path: configs is not a package."""
+  path = pathlib.Path(__file__).resolve().with_name("common.py")
+  spec = importlib.util.spec_from_file_location("hcl_jax_configs_common", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config():
+  return _load_common().paper_config("stl10", "simclr")
