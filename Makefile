@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 train: $(STAMP)
-	$(PY) -m hcl_jax.demo
+	$(PY) -m hcl_jax.main --config configs/digits.py --workdir $(WORKDIR)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt

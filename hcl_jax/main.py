@@ -96,7 +96,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     rng = rng_from_list(extra["rng"])
     if extra["data_step"] != start_step:
       raise RuntimeError(f"checkpoint {start_step} has data position {extra['data_step']}.")
-    logging.info("Resumed from step %d in %s.", start_step, workdir)
+  if start_step:
+    print(f"Resuming from checkpoint {start_step} in {workdir}.", flush=True)
 
   data = data_lib.make_pretrain_dataset(config, start_step=start_step)
   total_steps = config.num_epochs * data.steps_per_epoch
@@ -162,6 +163,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--config and --workdir are required.")
   from hcl_jax import distributed as distributed_lib
 
+  if not flags.FLAGS["verbosity"].present:
+    # orbax and TFDS log every file they touch at INFO: keep the terminal for
+    # the progress display (pass --verbosity=0 to see them).
+    logging.set_verbosity(logging.WARNING)
   distributed_lib.initialize_distributed()
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
