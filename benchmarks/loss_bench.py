@@ -40,9 +40,9 @@ sys.path.insert(0, _ROOT)
 DIM = 128
 TEMPERATURE, TAU_PLUS, BETA = 0.5, 0.1, 1.0
 # The block size the tiled suite uses unless --block-size says otherwise: the
-# fastest of 128 / 256 / 512 in the tiled suite's sweep on the project's
+# fastest of 128 / 256 / 512 in the tiled suite's sweep (B = 4096) on the project's
 # 2-core CPU machine (see benchmarks/README.md).
-DEFAULT_BLOCK_SIZE = 256
+DEFAULT_BLOCK_SIZE = 512
 # loss name -> (hyperparameters of the published criterion: estimator, tau_plus, beta)
 LOSSES = {
     "hcl": ("hard", TAU_PLUS, BETA),
