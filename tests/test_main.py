@@ -1,0 +1,393 @@
+"""The training run (hcl_jax.main): end to end on digits, kill-and-resume,
+SIGTERM, a truncated checkpoint, config errors, mocked CIFAR-10.
+
+Every run uses a tiny net (ResNet-18 at 1/16 width: 4 channels, 8px images),
+so the cost is mostly compilation. Only the first run evaluates for real; the
+others replace ``evaluate.evaluate_encoder`` (tested in test_evaluate.py) by a
+stub, in-process with monkeypatch and in subprocesses with a ``-c`` launcher
+that patches it before running ``hcl_jax.main``'s absl app.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+
+import glob  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from hcl_jax import evaluate  # noqa: E402
+from hcl_jax import main as main_lib  # noqa: E402
+from hcl_jax import models  # noqa: E402
+from hcl_jax import train_step as train_step_lib  # noqa: E402
+from hcl_jax.checkpointing import Checkpointer  # noqa: E402
+from hcl_jax.data import digits as digits_lib  # noqa: E402
+from hcl_jax.mesh import make_mesh  # noqa: E402
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_IMAGE_SIZE = 8
+_BATCH = 64
+_EPOCHS = 2
+# digits' train split has 1,437 images; the pipeline drops the last partial batch.
+_STEPS = _EPOCHS * (1437 // _BATCH)  # 44
+_FAKE_EVAL = {"linear_top1": 12.5, "knn_top1": 25.0}
+
+# The tiny run, as (key, value) pairs for both ConfigDict and the CLI.
+_TINY = {
+    "image_size": _IMAGE_SIZE,
+    "batch_size": _BATCH,
+    "num_epochs": _EPOCHS,
+    "model.name": "resnet18",
+    "model.width_multiplier": 0.0625,
+    "model.projection_hidden_dim": 16,
+    "model.projection_dim": 8,
+    "eval.linear_epochs": 2,
+    "eval.knn_k": 10,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 10,
+    "keep_checkpoints": 3,
+}
+
+# Runs hcl_jax.main's absl app with the evaluation stubbed out.
+_LAUNCHER = (
+    "from absl import app\n"
+    "from hcl_jax import evaluate\n"
+    f"evaluate.evaluate_encoder = lambda *a, **k: dict({_FAKE_EVAL!r})\n"
+    "from hcl_jax import main\n"
+    "app.run(main.main)\n")
+
+
+def _base_config():
+  spec = importlib.util.spec_from_file_location(
+      "digits_config", os.path.join(_ROOT, "configs", "digits.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _set(config, key, value):
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def _config(data_dir, **overrides):
+  config = _base_config()
+  config.data_dir = data_dir
+  for key, value in {**_TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
+    _set(config, key, value)
+  return config
+
+
+def _cli_args(data_dir, workdir, **overrides):
+  values = {**_TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
+  return (["--config", os.path.join(_ROOT, "configs", "digits.py"), "--workdir", workdir,
+           f"--config.data_dir={data_dir}"]
+          + [f"--config.{k}={v}" for k, v in values.items()])
+
+
+def _env():
+  env = dict(os.environ)  # XLA_FLAGS: the same 8 CPU devices as in-process
+  env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  return env
+
+
+def _launch(args, log_path):
+  log = open(log_path, "w")
+  proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER] + args, cwd=_ROOT, env=_env(),
+                          stdout=log, stderr=subprocess.STDOUT)
+  proc.log_file = log
+  return proc
+
+
+def _steps_on_disk(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def _wait_for_checkpoint(proc, workdir, timeout=240):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if _steps_on_disk(workdir):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"run exited ({proc.returncode}) before any checkpoint")
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError("no checkpoint appeared")
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _final_state(workdir, config):
+  """The newest checkpoint's (step, state), restored onto a fresh template."""
+  template = train_step_lib.create_train_state(
+      config, models.create_model(config), jax.random.key(config.seed), make_mesh(),
+      (config.image_size, config.image_size, 3))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                      save_every_steps=1)
+  try:
+    restored = ckpt.restore_latest(template)
+  finally:
+    ckpt.close()
+  assert restored is not None
+  return restored.step, restored.state
+
+
+def _assert_same_state(a, b):
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture()
+def fake_eval(monkeypatch):
+  monkeypatch.setattr(evaluate, "evaluate_encoder", lambda *a, **k: dict(_FAKE_EVAL))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """digits at 8px, built once for every test (and subprocess) here."""
+  path = str(tmp_path_factory.mktemp("tfds"))
+  digits_lib.digits_builder(path, _IMAGE_SIZE)
+  return path
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_dir, tmp_path_factory):
+  """One full, uninterrupted run (real evaluation): (workdir, config, results)."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  config = _config(data_dir)
+  results = main_lib.train_and_evaluate(config, workdir)
+  return workdir, config, results
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_end_to_end_on_digits(straight_run):
+  workdir, config, returned = straight_run
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results == returned
+  for block in (results, results["random_init"]):
+    for key in ("linear_top1", "knn_top1"):
+      assert 0 <= block[key] <= 100, (key, block)
+  assert results["steps"] == _STEPS
+  assert (results["dataset"], results["loss"], results["seed"]) == ("digits", "hcl", 0)
+
+  lines = _metrics(workdir)
+  assert [m["step"] for m in lines] == list(range(1, _STEPS + 1))  # log_every_steps=1
+  for m in lines:
+    for key in ("step", "epoch", "loss", "lr", "beta", "clamped_fraction", "images_per_sec"):
+      assert key in m, (key, m)
+    assert math.isfinite(m["loss"]) and 0 <= m["clamped_fraction"] <= 1
+    assert m["beta"] == config.loss.beta and m["lr"] == pytest.approx(1e-3)
+  assert lines[0]["epoch"] == 1 and lines[-1]["epoch"] == _EPOCHS
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["model"]["width_multiplier"] == 0.0625 and saved["batch_size"] == _BATCH
+  # every 10 steps plus the final one, the last keep_checkpoints=3 kept.
+  assert _steps_on_disk(workdir) == [30, 40, _STEPS]
+
+
+# ------------------------------------------------------------ kill and resume
+
+
+def test_sigkill_and_resume_matches_straight_run(straight_run, data_dir, tmp_path):
+  straight_dir, config, _ = straight_run
+  workdir = str(tmp_path / "killed")
+  args = _cli_args(data_dir, workdir, checkpoint_every_steps=1)
+
+  proc = _launch(args, tmp_path / "run1.log")
+  try:
+    _wait_for_checkpoint(proc, workdir)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    proc.kill()
+    proc.log_file.close()
+  assert proc.returncode == -signal.SIGKILL
+  killed_at = _steps_on_disk(workdir)[-1]
+  assert killed_at < _STEPS, "the run finished before it was killed; nothing was tested"
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+  proc = _launch(args, tmp_path / "run2.log")
+  try:
+    rc = proc.wait(timeout=300)
+  finally:
+    proc.kill()
+    proc.log_file.close()
+  log = (tmp_path / "run2.log").read_text()
+  assert rc == 0, log[-3000:]
+  assert f"Resumed from step {killed_at}" in log or f"checkpoint step {killed_at}" in log
+
+  step, resumed = _final_state(workdir, config)
+  straight_step, straight = _final_state(straight_dir, config)
+  assert step == straight_step == _STEPS
+  _assert_same_state(resumed, straight)
+
+  lines, straight_lines = _metrics(workdir), _metrics(straight_dir)
+  assert [m["step"] for m in lines] == list(range(1, _STEPS + 1))  # one line per step
+  for got, want in zip(lines, straight_lines):
+    assert got["loss"] == want["loss"], got["step"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["steps"] == _STEPS
+
+
+# -------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_saves_exits_0_and_rerun_finishes(straight_run, data_dir, tmp_path, fake_eval):
+  straight_dir, config, _ = straight_run
+  workdir = str(tmp_path / "preempted")
+  proc = _launch(_cli_args(data_dir, workdir, checkpoint_every_steps=2), tmp_path / "run.log")
+  try:
+    _wait_for_checkpoint(proc, workdir)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=120)
+  finally:
+    proc.kill()
+    proc.log_file.close()
+  log = (tmp_path / "run.log").read_text()
+  assert rc == 0, log[-3000:]
+  match = re.search(r"SIGTERM received: checkpoint (\d+) saved, exiting", log)
+  assert match, log[-3000:]
+  stop_step = int(match.group(1))
+  assert 2 <= stop_step < _STEPS
+  assert _steps_on_disk(workdir)[-1] == stop_step
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  assert _metrics(workdir)[-1]["step"] == stop_step
+
+  results = main_lib.train_and_evaluate(_config(data_dir, checkpoint_every_steps=2), workdir)
+  assert results["steps"] == _STEPS and results["linear_top1"] == _FAKE_EVAL["linear_top1"]
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+  assert [m["step"] for m in _metrics(workdir)] == list(range(1, _STEPS + 1))
+  _assert_same_state(_final_state(workdir, config)[1], _final_state(straight_dir, config)[1])
+
+
+# --------------------------------------------------------- truncated checkpoint
+
+
+def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, fake_eval):
+  straight_dir, config, _ = straight_run
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(straight_dir, workdir)
+  os.remove(os.path.join(workdir, "results.json"))
+  files = glob.glob(os.path.join(workdir, "checkpoints", str(_STEPS), "state", "**", "d", "*"),
+                    recursive=True)
+  assert files
+  for name in files:
+    with open(name, "r+b") as f:
+      f.truncate(os.path.getsize(name) // 2)
+
+  with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
+    results = main_lib.train_and_evaluate(config, workdir)
+  assert any(f"Checkpoint step {_STEPS} " in r.getMessage() and "unreadable" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  assert any(f"Resuming from checkpoint step 40 " in r.getMessage() for r in caplog.records)
+  assert glob.glob(os.path.join(workdir, "checkpoints", f"{_STEPS}.unreadable-*"))
+  assert results["steps"] == _STEPS
+
+  # Steps 41..44 were redone: the same parameters and losses as the original.
+  lines, straight_lines = _metrics(workdir), _metrics(straight_dir)
+  assert [m["step"] for m in lines] == list(range(1, _STEPS + 1))
+  assert [m["loss"] for m in lines] == [m["loss"] for m in straight_lines]
+  step, state = _final_state(workdir, config)
+  assert step == _STEPS
+  _assert_same_state(state, _final_state(straight_dir, config)[1])
+
+
+# ------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("loss.name", "infonce", "config.loss.name must be one of"),
+    ("loss.tau_plus", 1.0, "config.loss.tau_plus"),
+    ("batch_size", 60, "config.batch_size=60 must be a multiple of the number of devices (8)"),
+    ("dataset", "mnist", "config.dataset must be one of"),
+    ("model.name", "vgg16", "config.model.name must be one of"),
+])
+def test_config_errors_before_compiling(monkeypatch, tmp_path, key, value, message):
+  def no_compile(*args, **kwargs):
+    raise AssertionError("the state was built (compiled) before the config was checked")
+
+  monkeypatch.setattr(train_step_lib, "create_train_state", no_compile)
+  monkeypatch.setattr(models, "create_model", no_compile)
+  config = _config(str(tmp_path / "data"))
+  _set(config, key, value)
+  assert jax.device_count() == 8
+  with pytest.raises(ValueError, match=re.escape(message)):
+    main_lib.train_and_evaluate(config, str(tmp_path / "work"))
+  assert not os.path.exists(tmp_path / "work" / "checkpoints")
+
+
+def test_cli_config_error_is_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "hcl_jax.main"]
+      + _cli_args(str(tmp_path / "data"), str(tmp_path / "work"), loss__name="infonce"),
+      cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "error: config.loss.name must be one of" in proc.stderr
+  assert "'infonce'" in proc.stderr
+  assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ------------------------------------------------------------ mocked CIFAR-10
+
+_MOCK_N = 32
+
+
+def _write_mock_metadata(data_dir, name, split_sizes):
+  """dataset_info.json for `name`, so mock_data(USE_FILES) knows the splits."""
+  builder = tfds.builder(name, data_dir=data_dir)
+  splits = [tfds.core.SplitInfo(
+      name=split, shard_lengths=[n], num_bytes=0,
+      filename_template=tfds.core.ShardedFileTemplate(
+          data_dir=builder.data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+          dataset_name=name, split=split, filetype_suffix="tfrecord"))
+            for split, n in split_sizes.items()]
+  builder.info.set_splits(tfds.core.SplitDict(splits))
+  os.makedirs(builder.data_dir, exist_ok=True)
+  builder.info.write_to_directory(builder.data_dir)
+
+
+def test_mocked_cifar10_run(tmp_path, fake_eval):
+  data_dir = str(tmp_path / "tfds")
+  _write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
+  config = _config(data_dir, dataset="cifar10", batch_size=8, num_epochs=1)
+  workdir = str(tmp_path / "work")
+  with tfds.testing.mock_data(num_examples=_MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,
+                              data_dir=data_dir):
+    results = main_lib.train_and_evaluate(config, workdir)
+  steps = _MOCK_N // 8
+  assert results["steps"] == steps and results["dataset"] == "cifar10"
+  lines = _metrics(workdir)
+  assert [m["step"] for m in lines] == list(range(1, steps + 1))
+  assert all(math.isfinite(m["loss"]) for m in lines)
+  assert _steps_on_disk(workdir) == [steps]
