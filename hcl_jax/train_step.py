@@ -17,7 +17,6 @@ runs the two views through the network one after the other.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, Mapping
 
@@ -80,10 +79,6 @@ def validate_loss_config(config: Any) -> None:
   block_size = loss.get("block_size", 0)
   if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0:
     raise ValueError(f"config.loss.block_size must be an int >= 0; got {block_size!r}.")
-  if block_size and "block_size" not in inspect.signature(losses.hcl_loss_and_metrics).parameters:
-    raise ValueError(
-        f"config.loss.block_size={block_size} needs a blocked loss; this hcl_jax.losses "
-        "has none yet: use 0.")
 
 
 def validate_config(config: Any) -> None:
@@ -125,10 +120,11 @@ def beta_at_step(config: Any, step: jax.Array | int, steps_per_epoch: int) -> ja
 def _loss_hyperparameters(config: Any, step: jax.Array, steps_per_epoch: int):
   """(temperature, tau_plus, beta) of config.loss.name at ``step``."""
   loss = config.loss
+  # A Python 0.0 (not an array) lets the loss skip the hardness weights' sum.
   if loss.name == "nt_xent":
-    return float(loss.temperature), 0.0, jnp.zeros((), jnp.float32)
+    return float(loss.temperature), 0.0, 0.0
   if loss.name == "dcl":
-    return float(loss.temperature), float(loss.tau_plus), jnp.zeros((), jnp.float32)
+    return float(loss.temperature), float(loss.tau_plus), 0.0
   return float(loss.temperature), float(loss.tau_plus), beta_at_step(config, step, steps_per_epoch)
 
 

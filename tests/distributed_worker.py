@@ -1,5 +1,8 @@
 """One process of the two-process runtime test (run by test_distributed.py).
 
+It runs a psum, the HCL loss and a few train steps of a tiny net over the
+global mesh.
+
 Environment (set by the test): JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 JAX_PROCESS_ID, JAX_PLATFORMS=cpu and XLA_FLAGS with
 --xla_force_host_platform_device_count. Prints one JSON line starting with
@@ -7,6 +10,8 @@ RESULT: what this process saw of the global computation.
 """
 
 import json
+import pathlib
+import runpy
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,50 @@ def global_inputs() -> tuple[np.ndarray, np.ndarray]:
   z1 = rng.standard_normal((GLOBAL_BATCH, DIM)).astype(np.float32)
   z2 = (z1 + 0.5 * rng.standard_normal((GLOBAL_BATCH, DIM))).astype(np.float32)
   return z1, z2
+
+
+TRAIN_STEPS = 3
+
+
+def tiny_config():
+  """configs/digits.py with a 4-channel ResNet-18 on 8x8 images."""
+  config = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "configs" / "digits.py"))["get_config"]()
+  config.image_size = 8
+  config.batch_size = GLOBAL_BATCH
+  config.model.width_multiplier = 1 / 16
+  config.model.projection_hidden_dim = 16
+  config.model.projection_dim = 8
+  return config
+
+
+def global_views() -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(1)
+  shape = (GLOBAL_BATCH, 8, 8, 3)
+  return {"view1": rng.standard_normal(shape).astype(np.float32),
+          "view2": rng.standard_normal(shape).astype(np.float32)}
+
+
+def train_steps(mesh, rows: slice) -> dict:
+  """TRAIN_STEPS steps of the tiny net on one global batch fed by rows.
+
+  Returns the losses and the final parameters' leaves (host numpy), which
+  every process can read since the state is replicated.
+  """
+  from hcl_jax import models, train_step as train_step_lib
+
+  config = tiny_config()
+  model = models.create_model(config)
+  state = train_step_lib.create_train_state(config, model, jax.random.key(0), mesh, (8, 8, 3))
+  step = train_step_lib.make_train_step(config, mesh, steps_per_epoch=10, model=model)
+  sharding = mesh_lib.batch_sharding(mesh)
+  batch = {k: jax.make_array_from_process_local_data(sharding, v[rows], v.shape)
+           for k, v in global_views().items()}
+  step_losses = []
+  for _ in range(TRAIN_STEPS):
+    state, metrics = step(state, batch)
+    step_losses.append(float(metrics["loss"]))
+  leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
+  return {"losses": step_losses, "params": leaves}
 
 
 def main() -> None:
@@ -54,7 +103,10 @@ def main() -> None:
       a, b, temperature=0.5, tau_plus=0.1, beta=1.0))
   loss = loss_fn(z1_global, z2_global)
 
+  trained = train_steps(mesh, rows)
   result = {
+      "train_losses": trained["losses"],
+      "param_sums": [float(np.sum(np.abs(p))) for p in trained["params"]],
       "mode": info.mode,
       "process_index": pid,
       "info_process_index": info.process_index,
