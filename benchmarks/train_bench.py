@@ -25,7 +25,8 @@ parser.add_argument("--batch", type=int, default=256, help="images per view (glo
 parser.add_argument("--image_size", type=int, default=32)
 parser.add_argument("--steps", type=int, default=2, help="timed steps per framework per round")
 parser.add_argument("--rounds", type=int, default=2)
-parser.add_argument("--devices", type=int, default=1, help="XLA CPU devices to shard over")
+parser.add_argument("--devices", default="1",
+                    help="comma list: XLA CPU devices to shard our step over, each a variant")
 parser.add_argument("--bf16", action="store_true", help="our step in mixed precision")
 parser.add_argument("--width", type=float, default=1.0, help="width multiplier")
 parser.add_argument("--xla_flags", default="", help="extra XLA_FLAGS")
@@ -37,7 +38,7 @@ args = parser.parse_args()
 
 os.environ["XLA_FLAGS"] = " ".join([
     os.environ.get("XLA_FLAGS", ""),
-    f"--xla_force_host_platform_device_count={args.devices}", args.xla_flags])
+    f"--xla_force_host_platform_device_count={max(int(d) for d in args.devices.split(','))}", args.xla_flags])
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
@@ -99,13 +100,13 @@ VARIANTS = {
 }
 
 
-def build_jax(batch_np, compiler_options):
+def build_jax(batch_np, compiler_options, num_devices):
   config = get_config()
   config.batch_size = args.batch
   config.model.name, config.model.stem = "resnet18", "cifar"
   config.model.width_multiplier = args.width
   config.mixed_precision = args.bf16
-  mesh = mesh_lib.make_mesh(jax.devices()[:args.devices])
+  mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
   model = models.create_model(config)
   state = ts.create_train_state(config, model, jax.random.key(0), mesh,
                                 (args.image_size, args.image_size, 3))
@@ -117,7 +118,7 @@ def build_jax(batch_np, compiler_options):
   compile_s = time.perf_counter() - t
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float(cost.get("flops", float("nan"))) * args.devices if cost else float("nan")
+  xla_flops = float(cost.get("flops", float("nan"))) * num_devices if cost else float("nan")
   holder = {"state": state}
 
   def run():
@@ -220,16 +221,18 @@ def main():
   peak, measured, cores = cpu_peak_flops()
   fwd = resnet18_cifar_forward_flops(args.image_size, args.width)
   hand_flops = 3 * fwd * 2 * args.batch        # forward + backward (2x) on 2B images
-  print(f"jax {jax.__version__}, {args.devices} XLA CPU device(s), bf16={args.bf16}, "
+  print(f"jax {jax.__version__}, XLA CPU devices {args.devices}, bf16={args.bf16}, "
         f"XLA_FLAGS='{os.environ['XLA_FLAGS'].strip()}'")
   print(f"CPU: {cores} cores; peak from cpuinfo {peak / 1e9:.1f} GFLOP/s (32 flop/cycle/core), "
         f"measured 2048^2 fp32 matmul {measured / 1e9:.1f} GFLOP/s")
 
   runs = {}
-  for name in args.variants.split(","):
-    runs[name], compile_s, xla_flops = build_jax(batch_np, VARIANTS[name])
-    print(f"jax[{name}] compile {compile_s:.1f} s; FLOPs/step: XLA cost analysis "
-          f"{xla_flops / 1e12:.3f} T, by hand (3 x forward) {hand_flops / 1e12:.3f} T")
+  for variant in args.variants.split(","):
+    for num_devices in (int(d) for d in args.devices.split(",")):
+      name = f"{variant}@{num_devices}dev"
+      runs[name], compile_s, xla_flops = build_jax(batch_np, VARIANTS[variant], num_devices)
+      print(f"jax[{name}] compile {compile_s:.1f} s; FLOPs/step: XLA cost analysis "
+            f"{xla_flops / 1e12:.3f} T, by hand (3 x forward) {hand_flops / 1e12:.3f} T")
   if not args.no_torch:
     torch_run, torch_version = build_torch(batch_np)
     runs["torch"] = torch_run
