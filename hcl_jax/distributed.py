@@ -238,7 +238,7 @@ def _initialize_explicit(coordinator_address: str | None,
   if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
     raise ValueError(
         f"coordinator_address={coordinator_address!r} must be host:port, "
-        "e.g. '10.0.0.1:1234'.")
+        "e.g. 'host0:1234'.")
   if num_processes < 1:
     raise ValueError(f"num_processes={num_processes} must be >= 1.")
   if not 0 <= process_id < num_processes:

@@ -85,21 +85,26 @@ def test_single_process_does_nothing(fake_initialize):
   assert info.global_device_count == len(jax.devices())
 
 
-def test_env_vars_reach_initialize(fake_initialize):
-  os.environ.update(JAX_COORDINATOR_ADDRESS="10.0.0.1:1234",
-                    JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3",
-                    JAX_LOCAL_DEVICE_IDS="0,1")
+def _setenv(monkeypatch, **values):
+  # Through monkeypatch, so nothing leaks into later tests' subprocesses.
+  for name, value in values.items():
+    monkeypatch.setenv(name, value)
+
+
+def test_env_vars_reach_initialize(fake_initialize, monkeypatch):
+  _setenv(monkeypatch, JAX_COORDINATOR_ADDRESS="127.0.0.1:1234",
+          JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3", JAX_LOCAL_DEVICE_IDS="0,1")
   info = distributed.initialize_distributed(initialization_timeout_s=7)
   assert info.mode == "explicit"
-  assert fake_initialize == [dict(coordinator_address="10.0.0.1:1234",
+  assert fake_initialize == [dict(coordinator_address="127.0.0.1:1234",
                                   num_processes=4, process_id=3,
                                   local_device_ids=[0, 1],
                                   initialization_timeout=7)]
 
 
-def test_keyword_arguments_override_env_vars(fake_initialize):
-  os.environ.update(JAX_COORDINATOR_ADDRESS="10.0.0.1:1234",
-                    JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3")
+def test_keyword_arguments_override_env_vars(fake_initialize, monkeypatch):
+  _setenv(monkeypatch, JAX_COORDINATOR_ADDRESS="127.0.0.1:1234",
+          JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3")
   distributed.initialize_distributed(coordinator_address="host-a:99",
                                      num_processes=2, process_id=0)
   (call,) = fake_initialize
@@ -132,9 +137,9 @@ def test_single_host_tpu_vm_does_nothing(fake_initialize, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(coordinator_address="10.0.0.1:1234"), "num_processes, process_id"),
+    (dict(coordinator_address="127.0.0.1:1234"), "num_processes, process_id"),
     (dict(num_processes=2, process_id=0), "coordinator_address"),
-    (dict(coordinator_address="10.0.0.1", num_processes=2, process_id=0),
+    (dict(coordinator_address="127.0.0.1", num_processes=2, process_id=0),
      "host:port"),
     (dict(coordinator_address="h:1", num_processes=2, process_id=2),
      r"process_id=2 must be in \[0, num_processes=2\)"),
@@ -147,9 +152,9 @@ def test_bad_cluster_specs_are_rejected(fake_initialize, kwargs, message):
   assert fake_initialize == []
 
 
-def test_bad_env_var_is_rejected(fake_initialize):
-  os.environ.update(JAX_COORDINATOR_ADDRESS="h:1", JAX_NUM_PROCESSES="two",
-                    JAX_PROCESS_ID="0")
+def test_bad_env_var_is_rejected(fake_initialize, monkeypatch):
+  _setenv(monkeypatch, JAX_COORDINATOR_ADDRESS="h:1", JAX_NUM_PROCESSES="two",
+          JAX_PROCESS_ID="0")
   with pytest.raises(ValueError, match="num_processes='two'"):
     distributed.initialize_distributed()
 

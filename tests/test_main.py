@@ -104,6 +104,10 @@ def _cli_args(data_dir, workdir, **overrides):
 
 def _env():
   env = dict(os.environ)  # XLA_FLAGS: the same 8 CPU devices as in-process
+  # A single-process run: no multi-process runtime settings from the caller.
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+               "JAX_LOCAL_DEVICE_IDS"):
+    env.pop(name, None)
   env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
   env.setdefault("JAX_PLATFORMS", "cpu")
   return env
