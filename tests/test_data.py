@@ -199,6 +199,7 @@ def test_mocked_tfds_pipelines(tmp_path, name, image_side):
   _write_mock_metadata(str(tmp_path), name, sizes)
   config = _base_config()
   config.dataset, config.data_dir, config.batch_size = name, str(tmp_path), 8
+  config.image_size = 32  # the paper's resolution for every dataset
   with tfds.testing.mock_data(num_examples=_MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,
                               data_dir=str(tmp_path)):
     data = make_pretrain_dataset(config)
