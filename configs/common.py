@@ -2,7 +2,7 @@
 
 ``configs/digits.py`` stays the schema: ``base_config()`` is its config, so a
 key added there reaches every config. ``paper_config(dataset, method)`` sets
-the published image-experiment settings on top (REFERENCE.md): ResNet-50 with
+the published image-experiment settings on top (docs/reference.md): ResNet-50 with
 a CIFAR stem at width 1, batch 256, 400 epochs, t = 0.5, Adam lr 1e-3 and
 weight decay 1e-6, 32x32 images for every dataset, linear readout 100 epochs
 at batch 512; tau+ and beta per method (``METHODS``).

@@ -2,7 +2,7 @@
 
 ResNet-50 (CIFAR stem, width 1), 32x32 images, batch 256, 400 epochs, t = 0.5,
 Adam lr 1e-3, weight decay 1e-6; linear readout 100 epochs at batch 512
-(configs/common.py, REFERENCE.md). Pre-trains on 105,000 train+unlabelled images (104,960 used: 410 steps of 256).
+(configs/common.py, docs/reference.md). Pre-trains on 105,000 train+unlabelled images (104,960 used: 410 steps of 256).
 
 Command:
   python -m hcl_jax.main --config configs/stl10_simclr.py --workdir workdirs/stl10_simclr \

@@ -17,7 +17,7 @@ the same workdir, and hcl_jax.main resumes it from its checkpoints.
 
 Afterwards (and with ``--report-only``) ``docs/results/<table>.md`` and
 ``<table>.png`` compare our linear top-1 (mean +- sample std over seeds) and
-kNN top-1 with the published numbers (STL-10 only; REFERENCE.md).
+kNN top-1 with the published numbers (STL-10 only; docs/reference.md).
 
 The report functions are pure (``collect_results``, ``summarize``,
 ``write_report``); ``plan_runs`` builds the runs without starting anything.
@@ -68,7 +68,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("hard_beta6", "Hard", "hcl", "hcl", 0.1, 6.0),
 )
 
-# Linear readout top-1 (%) from the published code's README (REFERENCE.md).
+# Linear readout top-1 (%) from the published code's README (docs/reference.md).
 PUBLISHED: dict[str, dict[str, float]] = {
     "stl10": {"simclr": 80.15, "debiased": 84.26, "hard_beta0.5": 86.38,
               "hard_beta1": 87.44, "hard_beta2": 87.09, "hard_beta6": 83.09},

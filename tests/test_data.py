@@ -13,6 +13,8 @@ import importlib.util  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+import tfds_mocks  # noqa: E402  (tests/ is on sys.path under pytest)
 import tensorflow_datasets as tfds  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
@@ -172,21 +174,7 @@ def test_eval_multi_process_padding_and_augment(config):
 
 # ------------------------------------------------------- mocked TFDS data
 
-_MOCK_N = 32
-
-
-def _write_mock_metadata(data_dir, name, split_sizes):
-  """dataset_info.json for `name`, so mock_data(USE_FILES) knows the splits."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  splits = [tfds.core.SplitInfo(
-      name=split, shard_lengths=[n], num_bytes=0,
-      filename_template=tfds.core.ShardedFileTemplate(
-          data_dir=builder.data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-          dataset_name=name, split=split, filetype_suffix="tfrecord"))
-            for split, n in split_sizes.items()]
-  builder.info.set_splits(tfds.core.SplitDict(splits))
-  os.makedirs(builder.data_dir, exist_ok=True)
-  builder.info.write_to_directory(builder.data_dir)
+_MOCK_N = tfds_mocks.MOCK_EXAMPLES
 
 
 @pytest.mark.parametrize("name,image_side", [("cifar10", 32), ("stl10", 96)])
@@ -196,7 +184,7 @@ def test_mocked_tfds_pipelines(tmp_path, name, image_side):
   # train and unlabelled are declared _MOCK_N / 2 each (their sum is read).
   sizes = ({"train": _MOCK_N, "test": _MOCK_N} if name == "cifar10" else
            {"train": _MOCK_N // 2, "unlabelled": _MOCK_N // 2, "test": _MOCK_N})
-  _write_mock_metadata(str(tmp_path), name, sizes)
+  tfds_mocks.write_mock_metadata(str(tmp_path), name, sizes)
   config = _base_config()
   config.dataset, config.data_dir, config.batch_size = name, str(tmp_path), 8
   config.image_size = 32  # the paper's resolution for every dataset

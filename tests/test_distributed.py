@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 def _hcl_loss_numpy(z1: np.ndarray, z2: np.ndarray, *, temperature: float,
                     tau_plus: float, beta: float) -> float:
-  """The reference formula (REFERENCE.md), float64, written independently."""
+  """The reference formula (docs/reference.md), float64, written independently."""
   z = np.concatenate([z1, z2]).astype(np.float64)
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   b = z1.shape[0]

@@ -12,7 +12,7 @@ from hcl_jax import losses
 
 
 # ----------------------------------------------------------------------------
-# Oracles, written from the formula in shared/REFERENCE.md, in exp space like
+# Oracles, written from the formula in docs/reference.md, in exp space like
 # the published code, in float64 (where exp space is safe over our grid:
 # the largest exponent is (beta + 1) / t = 180 < 709).
 # ----------------------------------------------------------------------------

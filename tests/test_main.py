@@ -28,6 +28,8 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+import tfds_mocks  # noqa: E402  (tests/ is on sys.path under pytest)
 import tensorflow_datasets as tfds  # noqa: E402
 
 from hcl_jax import evaluate  # noqa: E402
@@ -364,26 +366,12 @@ def test_cli_config_error_is_one_line(tmp_path):
 
 # ------------------------------------------------------------ mocked CIFAR-10
 
-_MOCK_N = 32
-
-
-def _write_mock_metadata(data_dir, name, split_sizes):
-  """dataset_info.json for `name`, so mock_data(USE_FILES) knows the splits."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  splits = [tfds.core.SplitInfo(
-      name=split, shard_lengths=[n], num_bytes=0,
-      filename_template=tfds.core.ShardedFileTemplate(
-          data_dir=builder.data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-          dataset_name=name, split=split, filetype_suffix="tfrecord"))
-            for split, n in split_sizes.items()]
-  builder.info.set_splits(tfds.core.SplitDict(splits))
-  os.makedirs(builder.data_dir, exist_ok=True)
-  builder.info.write_to_directory(builder.data_dir)
+_MOCK_N = tfds_mocks.MOCK_EXAMPLES
 
 
 def test_mocked_cifar10_run(tmp_path, fake_eval):
   data_dir = str(tmp_path / "tfds")
-  _write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
+  tfds_mocks.write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
   config = _config(data_dir, dataset="cifar10", batch_size=8, num_epochs=1)
   workdir = str(tmp_path / "work")
   with tfds.testing.mock_data(num_examples=_MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,

@@ -35,7 +35,7 @@ yields one pass of {"image": float32 [b, S, S, 3], "label": int64 [b],
 label -1 to fill the last batch; all hosts yield the same number of batches.
 
 Normalisation: config.data.mean / config.data.std, by default CIFAR-10's
-statistics for every dataset, as in the published code (REFERENCE.md).
+statistics for every dataset, as in the published code (docs/reference.md).
 """
 
 from __future__ import annotations
