@@ -36,7 +36,9 @@ DATASETS = ("digits", "cifar10", "cifar100", "stl10")
 
 
 def _positive_int(config: Any, key: str, minimum: int = 1) -> None:
-  value = config.get(key) if "." not in key else config.get(key.split(".")[0]).get(key.split(".")[1])
+  value = config
+  for part in key.split("."):
+    value = value.get(part) if value is not None else None
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise ValueError(f"config.{key} must be an int >= {minimum}; got {value!r}.")
 
