@@ -53,6 +53,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hcl_jax.losses import l2_normalize
 from hcl_jax.mesh import DATA_AXIS, batch_sharding, replicated
 
 Array = jax.Array
@@ -77,8 +78,6 @@ __all__ = [
 # dot products: TPU's default bf16 matmul passes would perturb both, so ask for
 # full float32 (the cost is negligible next to the encoder).
 _PRECISION = jax.lax.Precision.HIGHEST
-# F.normalize's epsilon in the reference code.
-_NORMALIZE_EPS = 1e-12
 
 
 # ----------------------------------------------------------------- validation
@@ -158,11 +157,6 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
   return np.pad(array, pad)
 
 
-def _l2_normalize(x: Array) -> Array:
-  x = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, _NORMALIZE_EPS)
-
 
 # ------------------------------------------------------------------------ kNN
 
@@ -178,7 +172,7 @@ def _knn_chunk_scores(train_features: Array, train_labels: Array,
     test_features: [B, F] float, normalised here.
     temperature: scalar kNN temperature.
   """
-  test_features = _l2_normalize(test_features)
+  test_features = l2_normalize(test_features)
   similarity = jnp.matmul(test_features, train_features.T, precision=_PRECISION)  # [B, N]
   top_similarity, top_index = jax.lax.top_k(similarity, k)  # [B, k]
   # exp(s / t) divided by exp(s_max / t), the nearest neighbour's weight: a
@@ -256,7 +250,7 @@ def knn_scores(train_features: Any, train_labels: Any, test_features: Any, *,
   else:
     put_rep = functools.partial(jax.device_put, device=replicated(mesh))
     put_rows = functools.partial(jax.device_put, device=batch_sharding(mesh))
-  bank = put_rep(_l2_normalize(jnp.asarray(train_features)))
+  bank = put_rep(l2_normalize(jnp.asarray(train_features)))
   bank_labels = put_rep(train_labels)
   temperature_arr = put_rep(np.float32(temperature))
   fn = _knn_chunk_fn(k, num_classes, mesh)

@@ -37,6 +37,7 @@ __all__ = [
     "dcl_loss",
     "nt_xent_loss",
     "hcl_loss_and_metrics",
+    "l2_normalize",
 ]
 
 # The similarity matmul is a vanishing fraction of a training step's FLOPs,
@@ -108,7 +109,12 @@ def _compute_dtype(z: Array) -> Any:
   return jnp.promote_types(z.dtype, jnp.float32)
 
 
-def _l2_normalize(z: Array) -> Array:
+def l2_normalize(z: Array) -> Array:
+  """Rows of z ([..., D]) over their L2 norm, as torch's F.normalize.
+
+  Computed in float32 (float64 stays float64), whatever the input dtype;
+  the one normalisation used by the losses, the models and the evaluation.
+  """
   z = z.astype(_compute_dtype(z))
   norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
   return z / jnp.maximum(norm, _NORMALIZE_EPS)
@@ -298,7 +304,7 @@ def hcl_loss_and_metrics(
   beta = jnp.asarray(beta, dtype)
 
   local_batch = z1.shape[0]
-  z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
+  z1, z2 = l2_normalize(z1), l2_normalize(z2)
   candidates, global_batch, offset = _gather_candidates(z1, z2, axis_name)
   if global_batch < 2:
     raise ValueError(

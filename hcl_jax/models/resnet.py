@@ -24,18 +24,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hcl_jax.losses import l2_normalize
+
 ModuleDef = Any
 Array = jax.Array
 
 # torchvision's ResNet init: kaiming normal, fan_out, for every conv.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-  """Rows of ``x`` ([N, D]) divided by their L2 norm, in float32 (F.normalize)."""
-  x = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
 
 
 class ViewBatchNorm(nn.Module):
