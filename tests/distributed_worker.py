@@ -10,14 +10,13 @@ RESULT: what this process saw of the global computation.
 """
 
 import json
-import pathlib
-import runpy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+import support  # tests/ is on sys.path: pytest's, or this script's own folder
 from hcl_jax import distributed, losses, mesh as mesh_lib
 
 GLOBAL_BATCH, DIM = 8, 16
@@ -36,7 +35,7 @@ TRAIN_STEPS = 3
 
 def tiny_config():
   """configs/digits.py with a 4-channel ResNet-18 on 8x8 images."""
-  config = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "configs" / "digits.py"))["get_config"]()
+  config = support.digits_config()
   config.image_size = 8
   config.batch_size = GLOBAL_BATCH
   config.model.width_multiplier = 1 / 16

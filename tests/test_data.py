@@ -9,12 +9,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 import itertools  # noqa: E402
 import time  # noqa: E402
 
-import importlib.util  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import tfds_mocks  # noqa: E402  (tests/ is on sys.path under pytest)
+import support  # noqa: E402  (tests/ is on sys.path under pytest)
 import tensorflow_datasets as tfds  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
@@ -24,15 +23,10 @@ from hcl_jax.data import (DatasetNotPreparedError, global_batches,  # noqa: E402
 from hcl_jax.data import digits as digits_lib  # noqa: E402
 from hcl_jax.data.augment import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _base_config():
-  spec = importlib.util.spec_from_file_location(
-      "digits_config", os.path.join(_ROOT, "configs", "digits.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return support.digits_config()
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +168,7 @@ def test_eval_multi_process_padding_and_augment(config):
 
 # ------------------------------------------------------- mocked TFDS data
 
-_MOCK_N = tfds_mocks.MOCK_EXAMPLES
+_MOCK_N = support.MOCK_EXAMPLES
 
 
 @pytest.mark.parametrize("name,image_side", [("cifar10", 32), ("stl10", 96)])
@@ -184,7 +178,7 @@ def test_mocked_tfds_pipelines(tmp_path, name, image_side):
   # train and unlabelled are declared _MOCK_N / 2 each (their sum is read).
   sizes = ({"train": _MOCK_N, "test": _MOCK_N} if name == "cifar10" else
            {"train": _MOCK_N // 2, "unlabelled": _MOCK_N // 2, "test": _MOCK_N})
-  tfds_mocks.write_mock_metadata(str(tmp_path), name, sizes)
+  support.write_mock_metadata(str(tmp_path), name, sizes)
   config = _base_config()
   config.dataset, config.data_dir, config.batch_size = name, str(tmp_path), 8
   config.image_size = 32  # the paper's resolution for every dataset

@@ -14,7 +14,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
 
 import glob  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -29,7 +28,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import tfds_mocks  # noqa: E402  (tests/ is on sys.path under pytest)
+import support  # noqa: E402  (tests/ is on sys.path under pytest)
 import tensorflow_datasets as tfds  # noqa: E402
 
 from hcl_jax import evaluate  # noqa: E402
@@ -74,11 +73,7 @@ _LAUNCHER = (
 
 
 def _base_config():
-  spec = importlib.util.spec_from_file_location(
-      "digits_config", os.path.join(_ROOT, "configs", "digits.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return support.digits_config()
 
 
 def _set(config, key, value):
@@ -366,12 +361,12 @@ def test_cli_config_error_is_one_line(tmp_path):
 
 # ------------------------------------------------------------ mocked CIFAR-10
 
-_MOCK_N = tfds_mocks.MOCK_EXAMPLES
+_MOCK_N = support.MOCK_EXAMPLES
 
 
 def test_mocked_cifar10_run(tmp_path, fake_eval):
   data_dir = str(tmp_path / "tfds")
-  tfds_mocks.write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
+  support.write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
   config = _config(data_dir, dataset="cifar10", batch_size=8, num_epochs=1)
   workdir = str(tmp_path / "work")
   with tfds.testing.mock_data(num_examples=_MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,

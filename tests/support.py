@@ -1,14 +1,21 @@
-"""Offline TFDS metadata for tfds.testing.mock_data (shared by the tests).
+"""Helpers shared by the tests: the digits config, offline TFDS metadata.
 
 Without internet TFDS has no split metadata for cifar10 / stl10, so
 mock_data(policy=USE_FILES) needs a dataset_info.json in data_dir.
 """
 
 import os
+import runpy
 
 import tensorflow_datasets as tfds
 
 MOCK_EXAMPLES = 32
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def digits_config():
+  """A fresh configs/digits.py config (configs/ is loaded by path, not imported)."""
+  return runpy.run_path(os.path.join(_ROOT, "configs", "digits.py"))["get_config"]()
 
 
 def write_mock_metadata(data_dir: str, name: str, split_sizes: dict[str, int]) -> None:
