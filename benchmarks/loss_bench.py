@@ -6,12 +6,13 @@ Three suites, each printing one markdown table:
            PyTorch statement of the published exp-space criterion (Robinson et
            al.'s HCL code), B = 256, 1024, 4096, D = 128; checks that both give
            the same loss value.
-  tiled    ours untiled vs row-tiled (block_size) at B = 4096, 8192, 16384;
-           untiled is skipped when XLA's memory_analysis() says its temporaries
-           exceed --max-temp-gb.
+  blocks   ours with the default block_size (None) vs a sweep of explicit
+           block sizes (anchors per block of the similarity matrix) at
+           B = 256, 1024, 4096, 16384: time, peak memory, XLA temporaries.
   sharded  8 simulated CPU devices: per-device memory_analysis() of the loss
            + gradient under jit with NamedSharding and under jax.shard_map
-           (axis_name="data"), untiled and tiled, vs one (2B)^2 fp32 matrix.
+           (axis_name="data"), default and --block-size blocks, vs one (2B)^2
+           fp32 matrix.
 
 Every (impl, loss, B) measurement runs in its own subprocess (with a timeout).
 Time: median of --reps calls after one warm-up call. Peak memory: the
@@ -19,7 +20,7 @@ process's peak RSS above its RSS right before the first call (VmHWM is reset
 through /proc/self/clear_refs; a sampling thread is the fallback).
 
   .venv/bin/python benchmarks/loss_bench.py --suite compare
-  .venv/bin/python benchmarks/loss_bench.py --suite tiled [--block-size 256]
+  .venv/bin/python benchmarks/loss_bench.py --suite blocks
   .venv/bin/python benchmarks/loss_bench.py --suite sharded
 """
 
@@ -39,10 +40,7 @@ sys.path.insert(0, _ROOT)
 
 DIM = 128
 TEMPERATURE, TAU_PLUS, BETA = 0.5, 0.1, 1.0
-# The block size the tiled suite uses unless --block-size says otherwise: the
-# fastest of 128 / 256 / 512 in the tiled suite's sweep (B = 4096) on the project's
-# 2-core CPU machine (see benchmarks/README.md).
-DEFAULT_BLOCK_SIZE = 512
+BLOCK_SWEEP = (64, 128, 256, 512, 1024)
 # loss name -> (hyperparameters of the published criterion: estimator, tau_plus, beta)
 LOSSES = {
     "hcl": ("hard", TAU_PLUS, BETA),
@@ -333,35 +331,32 @@ def suite_compare(args) -> None:
     print("  " + note)
 
 
-def suite_tiled(args) -> None:
-  batches = args.batches or [4096, 8192, 16384]
-  sweep = [args.block_size] if args.no_sweep else sorted({128, 256, 512, args.block_size})
+def suite_blocks(args) -> None:
+  batches = args.batches or [256, 1024, 4096, 16384]
   max_temp = int(args.max_temp_gb * 2**30)
   rows = []
   for batch in batches:
     reps = max(2, args.reps // 2) if batch >= 8192 else args.reps
-    blocks = sweep if batch <= args.sweep_max_batch else [args.block_size]
-    untiled = _run({"kind": "jax", "loss": "hcl", "batch": batch, "block_size": None,
-                    "reps": reps, "max_temp_bytes": max_temp, "threads": args.threads},
-                   args.timeout)
-    rows.append((batch, "untiled", untiled, untiled))
+    blocks = [None] + (list(BLOCK_SWEEP) if batch <= args.sweep_max_batch else [])
+    default = None
     for block in blocks:
-      tiled = _run({"kind": "jax", "loss": "hcl", "batch": batch, "block_size": block,
-                    "reps": reps, "max_temp_bytes": max_temp, "threads": args.threads},
-                   args.timeout)
-      rows.append((batch, block, tiled, untiled))
-  print(f"\n## tiled: hcl fwd+bwd, D={DIM}, untiled vs block_size (anchors per row block); "
-        f"peak = RSS above baseline; untiled skipped if XLA temp > {args.max_temp_gb} GB")
-  print("| B | block | ms | time vs untiled | peak MB | XLA temp MB | one (2B)^2 fp32 MB | loss |")
+      result = _run({"kind": "jax", "loss": "hcl", "batch": batch, "block_size": block,
+                     "reps": reps, "max_temp_bytes": max_temp, "threads": args.threads},
+                    args.timeout)
+      default = default or result
+      rows.append((batch, block, result, default))
+  print(f"\n## blocks: hcl fwd+bwd, D={DIM}, default block_size (None) vs explicit block "
+        f"sizes (anchors per block); peak = RSS above baseline")
+  print("| B | block_size | ms | time vs default | peak MB | XLA temp MB | one (2B)^2 fp32 MB | loss |")
   print("|---|---|---|---|---|---|---|---|")
-  for batch, block, result, untiled in rows:
+  for batch, block, result, default in rows:
     full = (2 * batch) ** 2 * 4
-    vs = "-" if block == "untiled" else _ratio(_median(result), _median(untiled))
-    vs = vs + "x" if vs != "-" else vs
+    vs = "-" if block is None else _ratio(_median(result), _median(default)) + "x"
     value = f"{result['loss']:.6f}" if "loss" in result else "-"
-    print(f"| {batch} | {block} | {_ms(result)} | {vs} | {_mb(result.get('peak_bytes'))} "
-          f"| {_mb(result.get('temp_bytes'))} | {_mb(full)} | {value} |")
-  print("\ntime vs untiled = tiled median / untiled median (< 1.3x is the target).")
+    print(f"| {batch} | {block or 'None (default)'} | {_ms(result)} | {vs} "
+          f"| {_mb(result.get('peak_bytes'))} | {_mb(result.get('temp_bytes'))} | {_mb(full)} "
+          f"| {value} |")
+  print("\ntime vs default = explicit block median / default median.")
 
 
 def suite_sharded(args) -> None:
@@ -382,7 +377,7 @@ def suite_sharded(args) -> None:
     for name in ("jit+NamedSharding", "shard_map"):
       m = result[name]
       temp = m["temp_size_in_bytes"]
-      print(f"| {name} | {block or 'untiled'} | {_mb(temp)} | {_mb(m['argument_size_in_bytes'])} "
+      print(f"| {name} | {block or 'None (default)'} | {_mb(temp)} | {_mb(m['argument_size_in_bytes'])} "
             f"| {_mb(m['output_size_in_bytes'])} | {temp / full:.3f} "
             f"| {'yes (temp >= matrix)' if temp >= full else 'no'} "
             f"| {result['loss_values'][name]:.6f} |")
@@ -393,15 +388,14 @@ def main() -> None:
     _worker_main(json.loads(sys.argv[2]))
     return
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--suite", choices=["compare", "tiled", "sharded"], required=True)
+  parser.add_argument("--suite", choices=["compare", "blocks", "sharded"], required=True)
   parser.add_argument("--batches", type=int, nargs="*", default=None,
                       help="batch sizes (default: the suite's)")
   parser.add_argument("--losses", nargs="*", default=list(LOSSES), choices=list(LOSSES))
-  parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE)
-  parser.add_argument("--no-sweep", action="store_true",
-                      help="tiled: only --block-size, not the 128/256/512 sweep")
-  parser.add_argument("--sweep-max-batch", type=int, default=8192,
-                      help="tiled: sweep block sizes only up to this B")
+  parser.add_argument("--block-size", type=int, default=64,
+                      help="sharded: the explicit block size measured beside the default")
+  parser.add_argument("--sweep-max-batch", type=int, default=4096,
+                      help="blocks: sweep block sizes only up to this B (the default above)")
   parser.add_argument("--threads", type=int, default=None,
                       help="pin each measurement to this many cores (torch threads too); "
                            "default: all cores")
@@ -409,7 +403,7 @@ def main() -> None:
   parser.add_argument("--max-temp-gb", type=float, default=8.0)
   parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
   args = parser.parse_args()
-  {"compare": suite_compare, "tiled": suite_tiled, "sharded": suite_sharded}[args.suite](args)
+  {"compare": suite_compare, "blocks": suite_blocks, "sharded": suite_sharded}[args.suite](args)
 
 
 if __name__ == "__main__":

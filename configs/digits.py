@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.tau_plus = 0.1
   config.loss.beta = 1.0
   config.loss.beta_anneal = "none"     # none | down (linspace(beta, 0, 9) over the run)
-  config.loss.block_size = 0           # 0: untiled; else anchors per row block
+  config.loss.block_size = 0           # 0: the default (256-row blocks); else anchors per block
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"       # adam | lars

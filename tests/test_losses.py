@@ -39,7 +39,7 @@ def oracle_loss(z1, z2, t, tau, beta, detach_weights=False, xp=np, s_offset=0.0)
     w = jax.lax.stop_gradient(w)
   w = xp.where(neg, w, 0.0)
   r = big_n * xp.sum(w * xp.exp(s), axis=1) / xp.sum(w, axis=1)
-  ng = xp.maximum((r - tau * big_n * pos) / (1 - tau), big_n * math.exp(-1 / t))
+  ng = xp.maximum((r - tau * big_n * pos) / (1 - tau), big_n * xp.exp(-1.0 / t))
   # -log(pos / (pos + Ng)), written as log1p so that float64 resolves losses
   # far below its epsilon (well-separated positives at low temperature).
   return xp.mean(xp.log1p(ng / pos))
@@ -286,6 +286,63 @@ def test_bfloat16_inputs_give_finite_float32_loss():
   np.testing.assert_allclose(value, expected, rtol=1e-5)
   grads = jax.grad(lambda a, b: losses.hcl_loss(a, b, temperature=0.05, beta=8.0), (0, 1))(b1, b2)
   assert all(g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
+
+
+# ----------------------------------------------------------------------------
+# Gradients with respect to the hyperparameters (e.g. a learned temperature):
+# the loss has a hand-written VJP, so these are checked like the inputs'.
+# ----------------------------------------------------------------------------
+def oracle_hyperparameter_grads(z1, z2, t, tau, beta):
+  with jax.enable_x64(True):
+    g = jax.grad(lambda *h: oracle_loss(np.float64(z1), np.float64(z2), *h, xp=jnp),
+                 argnums=(0, 1, 2))(jnp.float64(t), jnp.float64(tau), jnp.float64(beta))
+    return np.asarray(g)
+
+
+@pytest.mark.parametrize("t,tau,beta", [(0.5, 0.1, 1.0), (0.2, 0.3, 2.0), (0.5, 0.0, 0.0), (1.0, 0.5, 0.0)])
+def test_hyperparameter_gradients_match_float64_oracle(t, tau, beta):
+  z1, z2 = projections(32, seed=13)
+  got = jax.grad(lambda *h: losses.hcl_loss(z1, z2, temperature=h[0], tau_plus=h[1], beta=h[2]),
+                 argnums=(0, 1, 2))(t, tau, beta)
+  np.testing.assert_allclose(np.asarray(got), oracle_hyperparameter_grads(z1, z2, t, tau, beta),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_hyperparameter_gradients_check_grads_in_float64():
+  z1, z2 = projections(5, d=4, seed=14)
+  with jax.enable_x64(True):
+    a, b = jnp.asarray(z1, jnp.float64), jnp.asarray(z2, jnp.float64)
+    fn = lambda t, tau, beta: losses.hcl_loss(a, b, temperature=t, tau_plus=tau, beta=beta)
+    jax.test_util.check_grads(fn, (jnp.float64(0.3), jnp.float64(0.2), jnp.float64(2.0)),
+                              order=1, modes=("rev",))
+
+
+def test_clamped_anchor_has_temperature_gradient_of_the_clamp():
+  # All anchors clamped: loss = mean log(1 + N e^{-1/t} / e^{s_pos}), s_pos = 1/t
+  # (identical views): d/dt log(1 + N e^{-2/t}) = (2/t^2) N e^{-2/t} / (1 + N e^{-2/t}).
+  z = np.eye(2, dtype=np.float32)
+  t = 0.5
+  got = jax.grad(lambda t: losses.hcl_loss(z, z, temperature=t, tau_plus=0.5))(t)
+  c = 2 * math.exp(-2 / t)
+  np.testing.assert_allclose(got, (2 / t**2) * c / (1 + c), rtol=1e-6)
+
+
+def test_traced_beta_zero_gradient_equals_dcl():
+  # A traced beta = 0 takes the general path (weights e^{0 x} = 1).
+  z1, z2 = projections(16, seed=15)
+  traced = jax.jit(jax.grad(lambda a, beta: losses.hcl_loss(a, z2, beta=beta)))(z1, 0.0)
+  static = jax.grad(lambda a: losses.dcl_loss(a, z2))(z1)
+  np.testing.assert_allclose(traced, static, rtol=1e-5, atol=1e-7)
+
+
+def test_vmap_of_gradients_over_beta():
+  z1, z2 = projections(16, seed=16)
+  betas = jnp.array([0.0, 1.0, 4.0])
+  grad_fn = jax.grad(lambda a, beta: losses.hcl_loss(a, z2, temperature=0.2, beta=beta))
+  swept = jax.vmap(grad_fn, in_axes=(None, 0))(z1, betas)
+  for i, beta in enumerate(betas):
+    np.testing.assert_allclose(swept[i], oracle_grads(z1, z2, 0.2, 0.1, float(beta))[0],
+                               rtol=1e-4, atol=1e-5 * np.abs(swept[i]).max())
 
 
 # ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Negatives from every device (axis_name) and the row-tiled loss (block_size).
+"""Negatives from every device (axis_name) and the row blocks (block_size).
 
 Every multi-device result is compared with the single-device loss on the
 concatenated global batch, which test_losses.py checks against float64 oracles.
@@ -118,19 +118,20 @@ def test_metrics_are_global_under_shard_map(mesh):
 # Tiling.
 # ----------------------------------------------------------------------------
 @pytest.mark.parametrize("block_size", [1, 5, 16, 48, 64, 1000])
-def test_tiled_equals_untiled(block_size):
-  # 2B = 48 anchors: 5 leaves a partial last block, 48 and 1000 cover them all.
+def test_block_size_does_not_change_the_result(block_size):
+  # 2B = 48 anchors: the default block (256) holds them all; 5 leaves a
+  # partial last block, 48 and 1000 are one block.
   z1, z2 = projections(24, seed=4)
   for name, loss_fn in LOSSES.items():
     ref = single_device(loss_fn, z1, z2)
-    tiled = jax.jit(jax.value_and_grad(functools.partial(loss_fn, block_size=block_size), argnums=(0, 1)))
-    (value, grads) = tiled(z1, z2)
+    blocked = jax.jit(jax.value_and_grad(functools.partial(loss_fn, block_size=block_size), argnums=(0, 1)))
+    (value, grads) = blocked(z1, z2)
     np.testing.assert_allclose(value, ref[0], rtol=1e-6, err_msg=name)
     for g, r in zip(grads, ref[1]):
       np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * np.abs(r).max(), err_msg=name)
 
 
-def test_tiled_metrics_equal_untiled():
+def test_block_size_does_not_change_the_metrics():
   z1, z2 = projections(24, seed=5)
   value, metrics = losses.hcl_loss_and_metrics(z1, z2, block_size=7, **HYPERS)
   ref_value, ref_metrics = losses.hcl_loss_and_metrics(z1, z2, **HYPERS)
@@ -139,18 +140,20 @@ def test_tiled_metrics_equal_untiled():
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-6, atol=1e-7)
 
 
-def test_tiled_memory_is_linear_in_the_batch():
-  # Compiled temp memory: untiled grows as (2B)^2, tiled as block x 2B.
+def test_memory_is_linear_in_the_batch():
+  # Compiled temporaries of loss + gradient: a few [block, 2B] blocks and
+  # O(B D) buffers, never a (2B)^2 similarity matrix.
   def temp_bytes(b, block_size):
     z = jax.ShapeDtypeStruct((b, 128), jnp.float32)
     fn = jax.jit(jax.grad(functools.partial(losses.hcl_loss, block_size=block_size), argnums=(0, 1)))
     return fn.lower(z, z).compile().memory_analysis().temp_size_in_bytes
 
-  b = 2048
-  untiled, tiled = temp_bytes(b, None), temp_bytes(b, 128)
-  assert untiled > (2 * b) ** 2 * 4  # at least one full fp32 similarity matrix
-  assert tiled < 16 * 128 * 2 * b * 4 + 64 * b * 128 * 4  # a few blocks + O(B D) buffers
-  assert tiled * 4 < untiled
+  for block_size in (None, 128):
+    block = block_size or losses.DEFAULT_BLOCK_SIZE
+    small, large = temp_bytes(1024, block_size), temp_bytes(2048, block_size)
+    assert large < 8 * block * (2 * 2048) * 4 + 64 * 2048 * 128 * 4, block_size
+    assert large < 2.5 * small, (block_size, small, large)  # linear: a (2B)^2 buffer would give 4x
+    assert 2 * large < (2 * 2048) ** 2 * 4, block_size  # under half of one (2B)^2 matrix
 
 
 # ----------------------------------------------------------------------------
@@ -184,5 +187,27 @@ def test_mismatched_local_shapes_are_a_clear_error(mesh):
 @pytest.mark.parametrize("block_size", [0, -4, 2.5, True, "64"])
 def test_bad_block_size(block_size):
   z1, z2 = projections(8)
-  with pytest.raises(ValueError, match=r"block_size must be None \(untiled\) or an integer >= 1"):
+  with pytest.raises(ValueError, match=r"block_size must be None \(the default, 256\) or an integer >= 1; got"):
     losses.hcl_loss(z1, z2, block_size=block_size)
+
+
+def test_hyperparameter_gradients_under_shard_map(mesh):
+  # A learned temperature (or tau+, beta) replicated on every device gets the
+  # single-device gradient, not a per-device share or world size times it.
+  z1, z2 = projections(32, seed=6)
+  hypers = jnp.array([0.2, 0.1, 2.0])
+
+  def loss_fn(a, b, h, axis_name=None):
+    return losses.hcl_loss(a, b, temperature=h[0], tau_plus=h[1], beta=h[2], axis_name=axis_name)
+
+  def local(a, b, h):
+    return jax.value_and_grad(functools.partial(loss_fn, axis_name=DATA_AXIS), argnums=(0, 2))(a, b, h)
+
+  sharded = jax.jit(jax.shard_map(
+      local, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()),
+      out_specs=(P(), (P(DATA_AXIS), P()))))
+  value, (grad_z1, grad_h) = sharded(z1, z2, hypers)
+  ref_value, (ref_z1, ref_h) = jax.value_and_grad(loss_fn, argnums=(0, 2))(z1, z2, hypers)
+  np.testing.assert_allclose(value, ref_value, rtol=2e-6)
+  np.testing.assert_allclose(grad_z1, ref_z1, rtol=2e-6, atol=2e-6 * np.abs(ref_z1).max())
+  np.testing.assert_allclose(grad_h, ref_h, rtol=1e-5)
