@@ -338,12 +338,12 @@ def suite_blocks(args) -> None:
   for batch in batches:
     reps = max(2, args.reps // 2) if batch >= 8192 else args.reps
     blocks = [None] + (list(BLOCK_SWEEP) if batch <= args.sweep_max_batch else [])
-    default = None
     for block in blocks:
       result = _run({"kind": "jax", "loss": "hcl", "batch": batch, "block_size": block,
                      "reps": reps, "max_temp_bytes": max_temp, "threads": args.threads},
                     args.timeout)
-      default = default or result
+      if block is None:
+        default = result
       rows.append((batch, block, result, default))
   print(f"\n## blocks: hcl fwd+bwd, D={DIM}, default block_size (None) vs explicit block "
         f"sizes (anchors per block); peak = RSS above baseline")

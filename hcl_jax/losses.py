@@ -157,6 +157,19 @@ def _swap_views(x: Array) -> Array:
   return jnp.concatenate([x[half:], x[:half]], axis=0)
 
 
+def _global_batch_size(local_batch: int, axis_name: Any) -> int:
+  """B over all devices along axis_name; a ValueError if it isn't a mapped axis."""
+  if axis_name is None:
+    return local_batch
+  try:
+    return local_batch * jax.lax.axis_size(axis_name)
+  except NameError as e:
+    raise ValueError(
+        f"axis_name={axis_name!r} is not a mapped axis here: call the loss inside "
+        f"jax.shard_map (or jax.pmap) over that mesh axis, or pass axis_name=None "
+        f"under plain jit. ({e})") from e
+
+
 def _gather_rows(x: Array, axis_name: Any) -> Array:
   """This device's per-anchor rows -> all devices' rows, in candidate order.
 
@@ -166,14 +179,8 @@ def _gather_rows(x: Array, axis_name: Any) -> Array:
   if axis_name is None:
     return x
   half = x.shape[0] // 2
-  try:
-    return jnp.concatenate([jax.lax.all_gather(x[:half], axis_name, tiled=True),
-                            jax.lax.all_gather(x[half:], axis_name, tiled=True)], axis=0)
-  except NameError as e:
-    raise ValueError(
-        f"axis_name={axis_name!r} is not a mapped axis here: call the loss inside "
-        f"jax.shard_map (or jax.pmap) over that mesh axis, or pass axis_name=None "
-        f"under plain jit. ({e})") from e
+  return jnp.concatenate([jax.lax.all_gather(x[:half], axis_name, tiled=True),
+                          jax.lax.all_gather(x[half:], axis_name, tiled=True)], axis=0)
 
 
 def _anchor_and_positive_ids(num_anchors: int, num_candidates: int, axis_name: Any):
@@ -260,7 +267,10 @@ def _anchor_losses_fwd(z, temperature, tau_plus, beta, axis_name, block_size, be
       lambda a, i, j: _block_sums(a, candidates, i, j, beta, beta_is_zero),
       block_size, scaled, anchor_ids, positive_ids)
   log_p = jnp.log(p)
-  log_q = jnp.full_like(log_p, log_n) if beta_is_zero else jnp.log(q)
+  if beta_is_zero:  # every weight is 1: Q = N
+    q, log_q = jnp.full_like(p, num_negatives), jnp.full_like(p, log_n)
+  else:
+    log_q = jnp.log(q)
 
   # log R = log N + s_max + log P - log Q. log(R - tau+ N pos) = log R +
   # log(1 - e^x) with x = log(tau+) + x0, x0 = log(N pos / R), formed from
@@ -276,8 +286,8 @@ def _anchor_losses_fwd(z, temperature, tau_plus, beta, axis_name, block_size, be
   log_ng = jnp.where(clamped, log_clamp, log_debiased)
   # -log(pos / (pos + Ng)) = log(exp(s_pos) + Ng) - s_pos = softplus(log Ng - s_pos).
   loss = jax.nn.softplus(log_ng - s_pos)
-  q = jnp.exp(log_q)
-  residuals = (z, temperature, tau_plus, beta, s_max, p, q, s_pos, x0, x, clamped, log_ng)
+  residuals = (z, candidates, temperature, tau_plus, beta, s_max, p, q, s_pos, x0, x, clamped,
+               log_ng)
   return (loss, clamped.astype(z.dtype)), residuals
 
 
@@ -292,8 +302,7 @@ def _anchor_losses_bwd(axis_name, block_size, beta_is_zero, residuals, cotangent
   two (G z and G^T z) and a reduce-scatter.
   """
   g, _ = cotangents  # the clamp indicator has no gradient
-  z, temperature, tau_plus, beta, s_max, p, q, s_pos, x0, x, clamped, log_ng = residuals
-  candidates = _gather_rows(z, axis_name)
+  z, candidates, temperature, tau_plus, beta, s_max, p, q, s_pos, x0, x, clamped, log_ng = residuals
   anchor_ids, positive_ids = _anchor_and_positive_ids(z.shape[0], candidates.shape[0], axis_name)
   inv_t = 1.0 / temperature
   scaled = z * inv_t
@@ -315,16 +324,13 @@ def _anchor_losses_bwd(axis_name, block_size, beta_is_zero, residuals, cotangent
     x_i = jnp.where(negative, s - s_max_i[:, None], 0.0)  # row i's shift
     x_j = jnp.where(negative, s - s_max_all[None, :], 0.0)  # row j's (s_ji = s_ij)
     e_i, e_j = jnp.exp(x_i), jnp.exp(x_j)
-    if beta_is_zero:
-      h = a_i[:, None] * e_i + a_all[None, :] * e_j
-      d_beta = x_i * (u_i[:, None] * e_i - v_i[:, None])
-    else:
-      w_i, w_j = jnp.exp(beta * x_i), jnp.exp(beta * x_j)
-      h = w_i * (a_i[:, None] * e_i - b_i[:, None]) + w_j * (a_all[None, :] * e_j - b_all[None, :])
-      d_beta = x_i * w_i * (u_i[:, None] * e_i - v_i[:, None])
+    # The hardness weights e^{beta x}; at a concrete beta = 0 they are 1 (and b = 0).
+    w_i, w_j = (1.0, 1.0) if beta_is_zero else (jnp.exp(beta * x_i), jnp.exp(beta * x_j))
+    h = w_i * (a_i[:, None] * e_i - b_i[:, None]) + w_j * (a_all[None, :] * e_j - b_all[None, :])
     h = jnp.where(negative, h, 0.0)
     # d loss / d beta through log P - log Q (only computed if asked for).
-    d_beta = jnp.sum(jnp.where(negative, d_beta, 0.0), axis=1)
+    d_beta = jnp.sum(jnp.where(negative, x_i * w_i * (u_i[:, None] * e_i - v_i[:, None]), 0.0),
+                     axis=1)
     return jnp.matmul(h, candidates, precision=_SIMILARITY_PRECISION), d_beta
 
   hz, d_beta = _map_row_blocks(block, block_size, scaled, anchor_ids, positive_ids, s_max,
@@ -407,13 +413,7 @@ def hcl_loss_and_metrics(
   beta = jnp.asarray(beta, dtype)
 
   local_batch = z1.shape[0]
-  global_batch = local_batch
-  if axis_name is not None:
-    try:
-      global_batch = local_batch * jax.lax.axis_size(axis_name)
-    except NameError:
-      _gather_rows(z1, axis_name)  # raises the ValueError that names the axis
-      raise
+  global_batch = _global_batch_size(local_batch, axis_name)
   if global_batch < 2:
     raise ValueError(
         f"the global batch size B must be >= 2 (each anchor needs at least one negative); "
@@ -443,9 +443,10 @@ def hcl_loss_and_metrics(
       2 * global_batch - 2)
   num_anchors = 2 * global_batch
   metrics = {
-      "clamped_fraction": jax.lax.stop_gradient(global_sum(clamped)) / num_anchors,
-      "positive_similarity": jax.lax.stop_gradient(global_sum(positive_cosine)) / num_anchors,
-      "negative_similarity": jax.lax.stop_gradient(global_sum(negative_cosine)) / num_anchors,
+      # No gradient: the clamp indicator's VJP is zero, the cosines use zs.
+      "clamped_fraction": global_sum(clamped) / num_anchors,
+      "positive_similarity": global_sum(positive_cosine) / num_anchors,
+      "negative_similarity": global_sum(negative_cosine) / num_anchors,
   }
   return global_sum(loss) / num_anchors, metrics
 
