@@ -131,10 +131,20 @@ def l2_normalize(z: Array) -> Array:
 
   Computed in float32 (float64 stays float64), whatever the input dtype;
   the one normalisation used by the losses, the models and the evaluation.
+
+  ``z / max(|z|, eps)`` with eps = 1e-12. Its gradient is the exact one of
+  that formula, also for rows with ``|z| <= eps`` (a zero row among them):
+  there the map is ``z / eps``, so the gradient is ``1 / eps`` times the
+  gradient in the normalised row, finite, as PyTorch backpropagates
+  F.normalize; a plain ``sqrt`` would give NaN at exactly zero.
   """
   z = z.astype(_compute_dtype(z))
-  norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
-  return z / jnp.maximum(norm, _NORMALIZE_EPS)
+  squared_norm = jnp.sum(z * z, axis=-1, keepdims=True)
+  # max(sqrt(x), eps) as sqrt(max(x, eps^2)), with the clamped branch never
+  # reaching sqrt's infinite derivative at 0 (the double where).
+  small = squared_norm <= _NORMALIZE_EPS * _NORMALIZE_EPS
+  norm = jnp.where(small, _NORMALIZE_EPS, jnp.sqrt(jnp.where(small, 1.0, squared_norm)))
+  return z / norm
 
 
 def _log1mexp(x: Array) -> Array:
@@ -382,6 +392,52 @@ def _psum_bwd(axis_name, _, cotangent):
 _psum_sum_of_local_terms.defvjp(_psum_fwd, _psum_bwd)
 
 
+def _explicit_batch_axes(z: Array) -> tuple[str, ...]:
+  """The Explicit mesh axes that z's batch (first) dimension is sharded over.
+
+  Empty for unsharded arrays and for Auto axes (where the type carries no
+  sharding and plain jit lets XLA insert the collectives).
+  """
+  sharding = getattr(jax.typeof(z), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if not spec or spec[0] is None:
+    return ()
+  axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types))
+  return tuple(a for a in axes if types.get(a) == jax.sharding.AxisType.Explicit)
+
+
+def _shard_mapped_over_batch(z1, z2, batch_axes, *, temperature, tau_plus, beta, block_size):
+  """The loss of rows sharded over Explicit axes: the axis_name path, per shard.
+
+  On an Explicit mesh a [2B@data, D] x [D, 2B@data] similarity matmul has no
+  legal sharding, and that is what the global formula asks for. So each
+  device takes its own rows as anchors and all-gathers the candidates, as
+  under ``jax.shard_map(..., axis_name=...)``: the same value and gradients as
+  unsharded inputs, memory O(block_size x 2B) per device. Hyperparameters that
+  are arrays (traced, learned, vmapped) are passed in replicated; Python
+  numbers stay static (beta = 0 still skips the hardness weights).
+  """
+  mesh = jax.typeof(z1).sharding.mesh
+  spec = jax.sharding.PartitionSpec(batch_axes if len(batch_axes) > 1 else batch_axes[0])
+  # The feature dimension whole on each device, and z2 laid out like z1.
+  z1, z2 = (z if getattr(jax.typeof(z).sharding, "spec", None) == spec
+            else jax.sharding.reshard(z, jax.sharding.NamedSharding(mesh, spec))
+            for z in (z1, z2))
+  hypers = {"temperature": temperature, "tau_plus": tau_plus, "beta": beta}
+  traced = {k: v for k, v in hypers.items() if isinstance(v, jax.Array)}
+  static = {k: v for k, v in hypers.items() if k not in traced}
+  axis_name = batch_axes if len(batch_axes) > 1 else batch_axes[0]
+
+  def per_shard(a, b, arrays):
+    return hcl_loss_and_metrics(a, b, axis_name=axis_name, block_size=block_size, **static,
+                                **arrays)
+
+  replicated = jax.sharding.PartitionSpec()
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, replicated),
+                       out_specs=replicated)(z1, z2, traced)
+
+
 def hcl_loss_and_metrics(
     z1: Array,
     z2: Array,
@@ -406,6 +462,11 @@ def hcl_loss_and_metrics(
   _check_projections(z1, z2, global_batch=axis_name is not None)
   _check_hyperparameters(temperature, tau_plus, beta)
   _check_block_size(block_size)
+  if axis_name is None:
+    batch_axes = _explicit_batch_axes(z1)
+    if batch_axes:
+      return _shard_mapped_over_batch(z1, z2, batch_axes, temperature=temperature,
+                                      tau_plus=tau_plus, beta=beta, block_size=block_size)
   dtype = _compute_dtype(z1)
   beta_is_zero = not _is_traced(beta) and not np.any(np.asarray(beta))
   temperature = jnp.asarray(temperature, dtype)

@@ -198,7 +198,10 @@ def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int,
 
   Args:
     config: the full config; validated here, before anything compiles.
-    mesh: from :func:`hcl_jax.mesh.make_mesh`. ``config.batch_size`` must be a
+    mesh: from :func:`hcl_jax.mesh.make_mesh`, or a default (Explicit-axis)
+      ``jax.make_mesh((n,), ("data",))``: the step then runs with the axis
+      Auto inside (``jax.sharding.auto_axes``), since the model's reshapes of
+      the sharded batch are written for GSPMD. ``config.batch_size`` must be a
       multiple of its size.
     steps_per_epoch: for the lr schedule and the beta annealing.
     model: default ``create_model(config)``; tests pass tiny nets.
@@ -219,6 +222,10 @@ def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int,
   replicated = mesh_lib.replicated(mesh)
   if compiler_options is None:
     compiler_options = default_compiler_options(mesh)
+  if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    # Same result as on an Auto mesh (tested): GSPMD shards the model's
+    # reshapes, which Explicit axes would need an out_sharding for each.
+    step = jax.sharding.auto_axes(step, out_sharding=(replicated, replicated))
   return jax.jit(step, in_shardings=(replicated, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(replicated, replicated), donate_argnums=0,
                  compiler_options=dict(compiler_options) or None)

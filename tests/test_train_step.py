@@ -102,6 +102,18 @@ def test_one_and_eight_devices_agree(runs):
   assert np.abs(state8.params["head"]["out"]["kernel"] - kernel).max() > 1e-4
 
 
+def test_step_on_a_default_explicit_mesh_agrees(runs):
+  # jax.make_mesh's default axes are Explicit; the step runs Auto inside.
+  mesh = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8])
+  assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+  state = jax.device_put(runs["host_state"], mesh_lib.replicated(mesh))
+  step = ts.make_train_step(runs["config"], mesh, steps_per_epoch=2, model=_tiny_model())
+  for expected in runs[1][1][:2]:
+    state, metrics = step(state, jax.device_put(_batch(7), mesh_lib.batch_sharding(mesh)))
+    for key in expected:
+      np.testing.assert_allclose(metrics[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
 def test_step_traced_once(runs):
   # The 8-device run wrapped the pure step in chex.assert_max_traces(n=1)
   # (which raises on a second trace) and called it STEPS times.
