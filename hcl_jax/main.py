@@ -32,38 +32,8 @@ from hcl_jax import distributed  # noqa: F401  (defines --coordinator_address et
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 
-DATASETS = ("digits", "cifar10", "cifar100", "stl10")
-
-
-def _positive_int(config: Any, key: str, minimum: int = 1) -> None:
-  value = config
-  for part in key.split("."):
-    value = value.get(part) if value is not None else None
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"config.{key} must be an int >= {minimum}; got {value!r}.")
-
-
-def validate_run_config(config: Any, num_devices: int) -> None:
-  """Every check that needs no data and no compilation; ValueError naming the key."""
-  # Imported here so that `--help` and config errors come before TF/JAX start.
-  from hcl_jax import train_step as train_step_lib
-
-  if config.get("dataset") not in DATASETS:
-    raise ValueError(f"config.dataset must be one of {DATASETS}; got {config.get('dataset')!r}.")
-  if not isinstance(config.get("data_dir"), str) or not config.data_dir:
-    raise ValueError(f"config.data_dir must be a non-empty path; got {config.get('data_dir')!r}.")
-  train_step_lib.validate_config(config)
-  if config.batch_size % num_devices:
-    raise ValueError(
-        f"config.batch_size={config.batch_size} must be a multiple of the number of devices "
-        f"({num_devices}).")
-  for key in ("image_size", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
-              "eval.knn_k", "eval.linear_epochs", "eval.linear_batch_size"):
-    _positive_int(config, key)
-  _positive_int(config, "seed", minimum=0)
-  if config.eval.readout not in ("fast", "augmented"):
-    raise ValueError(
-        f"config.eval.readout must be 'fast' or 'augmented'; got {config.eval.readout!r}.")
+# The run-level checks live with the other config checks (hcl_jax.config_check).
+from hcl_jax.config_check import DATASETS, validate_run_config  # noqa: E402,F401
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -163,7 +133,13 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
+  from hcl_jax import config_check
   from hcl_jax import distributed as distributed_lib
+
+  try:
+    config_check.validate(_CONFIG.value)  # before any backend or dataset starts
+  except ValueError as e:
+    sys.exit(f"error: {e}")
 
   if not flags.FLAGS["verbosity"].present:
     # orbax and TFDS log every file they touch at INFO: keep the terminal for
@@ -179,4 +155,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from hcl_jax import config_check
+  app.run(main, flags_parser=config_check.parse_flags)

@@ -210,6 +210,27 @@ def plan_runs(table: str, *, seeds: int, root: str = DEFAULT_ROOT,
   return runs
 
 
+def check_configs(runs: Sequence[Run]) -> str | None:
+  """The first config mistake among the runs (one line), or None.
+
+  Every run's config file with its flags, checked as hcl_jax.main will check
+  it, before any run starts.
+  """
+  from hcl_jax import config_check
+
+  checked = set()
+  for run in runs:
+    flags = tuple(run.argv[run.argv.index("--workdir") + 2:])
+    if (run.config, flags) in checked:
+      continue
+    checked.add((run.config, flags))
+    try:
+      config_check.load_and_validate(run.config, flags)
+    except ValueError as e:
+      return str(e)
+  return None
+
+
 def _tpu_slug(text: str) -> str:
   return re.sub(r"[^a-z0-9]+", "-", text.lower().replace(".", "p")).strip("-")
 
@@ -317,13 +338,14 @@ def _hours(seconds: float) -> str:
 
 def render_markdown(table: str, results: Mapping[str, Sequence[Mapping[str, Any]]],
                     command: str, *, expected_seeds: int | None = None,
-                    png_name: str | None = None) -> str:
-  """The report's text (see write_report)."""
+                    png_name: str | None = None, warning: str | None = None) -> str:
+  """The report's text (see write_report); ``warning`` goes under the title."""
   summaries = summarize(table, results)
   total_wall = sum(s.wall_time_s for s in summaries)
   lines = [
       f"# Reproduction: {table}",
       "",
+      *([f"**{warning}**", ""] if warning else []),
       "Linear readout and weighted kNN top-1 (%) on the test set; ours are the mean ± "
       "sample standard deviation (n − 1) over seeds. Published: the HCL code's README "
       "(STL-10 only; — where the paper's code gives no number here).",
@@ -398,15 +420,16 @@ def plot_results(table: str, results: Mapping[str, Sequence[Mapping[str, Any]]],
 
 def write_report(table: str, results: Mapping[str, Sequence[Mapping[str, Any]]],
                  out_dir: str | os.PathLike, command: str, *,
-                 expected_seeds: int | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+                 expected_seeds: int | None = None,
+                 warning: str | None = None) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes out_dir/<table>.md and out_dir/<table>.png; returns their paths."""
   _check_table(table)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   md_path, png_path = out / f"{table}.md", out / f"{table}.png"
   plot_results(table, results, png_path)
-  md_path.write_text(render_markdown(table, results, command,
-                                     expected_seeds=expected_seeds, png_name=png_path.name))
+  md_path.write_text(render_markdown(table, results, command, expected_seeds=expected_seeds,
+                                     png_name=png_path.name, warning=warning))
   return md_path, png_path
 
 
@@ -523,7 +546,10 @@ def _run_all(runs: Sequence[Run]) -> tuple[list[Run], bool]:
       print(f"[reproduce] {verb} run {i}/{len(runs)}: {run.cell.name} seed{run.seed}\n"
             f"[reproduce] {shlex.join(run.argv)}", file=sys.stderr, flush=True)
       pathlib.Path(run.workdir).mkdir(parents=True, exist_ok=True)
-      proc = subprocess.Popen(list(run.argv), cwd=REPO_ROOT)
+      # In a source tree the configs/ paths are relative to its root; after a
+      # plain install main finds them among the shipped configs.
+      cwd = REPO_ROOT if (REPO_ROOT / "configs").is_dir() else None
+      proc = subprocess.Popen(list(run.argv), cwd=cwd)
       child.append(proc)
       code = proc.wait()
       if read_results(run.workdir) is not None:
@@ -558,6 +584,10 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
 
   runs = plan_runs(args.table, seeds=args.seeds or 1, root=args.workdir,
                    epochs=args.epochs, extra=args.extra)
+  error = check_configs(runs)
+  if error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   if args.dry_run:
     _print_plan(runs, out, args.epochs)
     return 0
@@ -573,8 +603,18 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
   failed, interrupted = _run_all(runs)
   seeds = list(range(args.seeds or 1))
   results = collect_results(args.workdir, args.table, seeds)
+  finished = sum(len(r) for r in results.values())
+  if not finished:
+    # No table of dashes that could pass for a result.
+    print(f"no run of table {args.table} has finished: no report written", file=sys.stderr)
+    return 1
+  warning = None
+  if finished < len(runs):
+    warning = (f"Incomplete: {finished} of {len(runs)} runs finished"
+               + (f"; failed: {', '.join(f'{r.cell.name}/seed{r.seed}' for r in failed)}"
+                  if failed else "") + ". Run the same command again to complete it.")
   md, png = write_report(args.table, results, args.out_dir, command,
-                         expected_seeds=len(seeds))
+                         expected_seeds=len(seeds), warning=warning)
   print(f"wrote {md} and {png}", file=out)
   if failed:
     print("failed runs: " + ", ".join(f"{r.cell.name}/seed{r.seed}" for r in failed),

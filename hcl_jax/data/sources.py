@@ -64,20 +64,28 @@ def not_prepared_message(name: str, data_dir: str, looked_in: str) -> str:
       f"folder that contains {name}/ (e.g. --config.data_dir=gs://my-bucket/tfds).")
 
 
+def resolve_data_dir(data_dir: str | None) -> str:
+  """``data_dir``, or TFDS's own default when empty: $TFDS_DATA_DIR, else
+  ~/tensorflow_datasets (read at call time, never relative to the cwd)."""
+  return data_dir or tfds.core.constants.get_default_data_dir()
+
+
 def load_builder(config) -> tfds.core.DatasetBuilder:
-  """The prepared builder for ``config.dataset`` in ``config.data_dir``.
+  """The prepared builder for ``config.dataset`` in ``config.data_dir``
+  (``""``: TFDS's default, :func:`resolve_data_dir`).
 
   Raises:
     ValueError: unknown dataset.
     DatasetNotPreparedError: a TFDS dataset is missing (never downloads).
   """
   spec = get_spec(config.dataset)
+  data_dir = resolve_data_dir(config.data_dir)
   if config.dataset == "digits":
-    return digits_builder(config.data_dir, config.image_size)
-  builder = tfds.builder(spec.tfds_name, data_dir=config.data_dir, try_gcs=False)
+    return digits_builder(data_dir, config.image_size)
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir, try_gcs=False)
   if not builder.is_prepared():
     raise DatasetNotPreparedError(
-        not_prepared_message(spec.tfds_name, config.data_dir, str(builder.data_dir)))
+        not_prepared_message(spec.tfds_name, data_dir, str(builder.data_dir)))
   return builder
 
 

@@ -1,0 +1,225 @@
+"""Config mistakes as one line naming the key, before anything heavy starts.
+
+Every entry point that takes a config checks it here first:
+``python -m hcl_jax.main`` (its ``--config`` flag and ``--config.KEY=VALUE``
+overrides), ``python -m hcl_jax.evaluate`` (the run's saved config.json),
+``python -m hcl_jax.reproduce`` (the table's config with the flags after
+``--``) and the launcher's local check, which calls::
+
+    config = config_check.load_and_validate("configs/digits.py", ["--config.loss.beta=2"])
+
+Each raises :class:`ConfigError` (a ValueError) whose message is one line:
+
+- an unknown key, in a file or an override: ``config.los: unknown key (did you
+  mean config.loss?)``;
+- a value of the wrong type: ``--config.loss.beta=abc: could not convert
+  string to float: 'abc'``;
+- a bad value: ``config.loss.beta must be a number >= 0; got -1.0.``;
+- a config file that isn't there, or doesn't load.
+
+The schema is ``configs/digits.py`` (every key any config may have; the paper
+configs start from it). Config paths ``configs/NAME.py`` are found in the
+working directory first, then among the configs shipped inside the package
+(``hcl_jax/configs`` in a wheel), then in the source tree, so the commands of
+the README also work after a plain ``pip install``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pathlib
+from typing import Any, Sequence
+
+SCHEMA_CONFIG = "digits.py"
+CONFIG_FLAG = "--config"
+DATASETS = ("digits", "cifar10", "cifar100", "stl10")
+
+
+class ConfigError(ValueError):
+  """A config mistake; the message is one line naming the key."""
+
+
+def config_dirs() -> list[pathlib.Path]:
+  """Where configs/NAME.py is looked for after the working directory."""
+  package = pathlib.Path(__file__).resolve().parent
+  return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
+
+
+def resolve_config_path(path: str) -> str:
+  """``path`` if it is a file, else the shipped config of that name; ConfigError if none."""
+  candidate = pathlib.Path(path)
+  if candidate.is_file():
+    return str(candidate)
+  if not candidate.is_absolute() and candidate.parent.name in ("configs", ""):
+    for directory in config_dirs():
+      shipped = directory / candidate.name
+      if shipped.is_file():
+        return str(shipped)
+  shipped = sorted(p.name for d in config_dirs()[:1] for p in d.glob("*.py")
+                   if p.name != "common.py")
+  raise ConfigError(f"config file {path!r} not found (nor among the shipped configs: "
+                    f"{', '.join(shipped) or 'none'}).")
+
+
+def _schema() -> Any:
+  return _load(resolve_config_path(f"configs/{SCHEMA_CONFIG}"), ())
+
+
+def _suggest(key: str, known: Sequence[str], prefix: str) -> str:
+  close = difflib.get_close_matches(key, list(known), n=1)
+  return f" (did you mean {prefix}.{close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
+
+
+def check_keys(config: Any, schema: Any = None, prefix: str = "config") -> None:
+  """ConfigError for the first key of ``config`` that the schema doesn't have.
+
+  Keys the schema has but ``config`` lacks are allowed (an older run's
+  config.json, evaluated by a newer version).
+  """
+  schema = _schema() if schema is None else schema
+  for key in config.keys():
+    if key not in schema:
+      raise ConfigError(f"{prefix}.{key}: unknown key{_suggest(key, list(schema.keys()), prefix)}.")
+    value, expected = config[key], schema[key]
+    if hasattr(expected, "keys"):
+      if not hasattr(value, "keys"):
+        raise ConfigError(f"{prefix}.{key} must be a group of keys like the schema's; "
+                          f"got {value!r}.")
+      check_keys(value, expected, f"{prefix}.{key}")
+
+
+def _check_override_keys(overrides: Sequence[str], config: Any) -> None:
+  """An override of a key the loaded config lacks, named with a suggestion."""
+  for flag in overrides:
+    path = flag[len(CONFIG_FLAG) + 1:].split("=", 1)[0]
+    node, prefix = config, "config"
+    for part in path.split("."):
+      if not hasattr(node, "keys"):
+        break
+      if part not in node:
+        raise ConfigError(f"{flag}: {prefix}.{part} is an unknown key"
+                          f"{_suggest(part, list(node.keys()), prefix)}.")
+      node, prefix = node[part], f"{prefix}.{part}"
+
+
+def _load(path: str, overrides: Sequence[str]) -> Any:
+  """The config of ``path`` with ``--config.KEY=VALUE`` overrides, parsed as main does."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  values = flags.FlagValues()
+  argv = ["check", f"{CONFIG_FLAG}={path}", *overrides]
+  # sys_argv: config_flags finds the override flags there (default: sys.argv).
+  config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as e:
+    raise ConfigError(" ".join(str(e).split())) from None
+  except (KeyError, AttributeError, TypeError) as e:
+    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    raise ConfigError(f"{path}: {' '.join(message.split())}") from None
+  except Exception as e:  # noqa: BLE001  (a config file's own error: name it, one line)
+    raise ConfigError(f"config file {path!r} failed to load: {type(e).__name__}: "
+                      f"{' '.join(str(e).split())}") from None
+  return values.config
+
+
+def config_overrides(flags_: Sequence[str]) -> list[str]:
+  """The ``--config.KEY=VALUE`` flags among ``flags_`` (others are not config)."""
+  return [f for f in flags_ if f.startswith(CONFIG_FLAG + ".")]
+
+
+def _positive_int(config: Any, key: str, minimum: int = 1) -> None:
+  value = config
+  for part in key.split("."):
+    value = value.get(part) if value is not None else None
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ConfigError(f"config.{key} must be an int >= {minimum}; got {value!r}.")
+
+
+def validate_run_config(config: Any, num_devices: int = 1) -> None:
+  """Every check that needs no data and no compilation; ValueError naming the key."""
+  # Imported here so that a bad key is reported before JAX starts.
+  from hcl_jax import train_step as train_step_lib
+
+  if config.get("dataset") not in DATASETS:
+    raise ConfigError(f"config.dataset must be one of {DATASETS}; got {config.get('dataset')!r}.")
+  if not isinstance(config.get("data_dir"), str):
+    raise ConfigError(
+        f"config.data_dir must be a path (\"\" for TFDS's default); got {config.get('data_dir')!r}.")
+  train_step_lib.validate_config(config)
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} must be a multiple of the number of devices "
+        f"({num_devices}).")
+  for key in ("image_size", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
+              "eval.knn_k", "eval.linear_epochs", "eval.linear_batch_size"):
+    _positive_int(config, key)
+  _positive_int(config, "seed", minimum=0)
+  if config.eval.readout not in ("fast", "augmented"):
+    raise ConfigError(
+        f"config.eval.readout must be 'fast' or 'augmented'; got {config.eval.readout!r}.")
+
+
+def validate(config: Any, num_devices: int = 1) -> Any:
+  """Unknown keys, then every value (:func:`validate_run_config`); returns config."""
+  check_keys(config)
+  try:
+    validate_run_config(config, num_devices)
+  except ConfigError:
+    raise
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise ConfigError(" ".join(str(e).split())) from None
+  return config
+
+
+def load_and_validate(path: str, overrides: Sequence[str] = (), num_devices: int = 1) -> Any:
+  """The checked config of file ``path`` with ``--config.KEY=VALUE`` ``overrides``.
+
+  Other flags among ``overrides`` (``--workdir``, ...) are ignored. Raises
+  ConfigError (one line, naming the key or the file) for a missing file, an
+  unknown key, a value of the wrong type or a bad value.
+  """
+  path = resolve_config_path(path)
+  overrides = config_overrides(overrides)
+  _check_override_keys(overrides, _load(path, ()))
+  return validate(_load(path, overrides), num_devices)
+
+
+def _config_flag_value(argv: Sequence[str]) -> tuple[int, str] | None:
+  """(index in argv, value) of the --config flag, either form; None if absent."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(CONFIG_FLAG + "="):
+      return i, arg[len(CONFIG_FLAG) + 1:]
+    if arg == CONFIG_FLAG and i + 1 < len(argv):
+      return i + 1, argv[i + 1]
+  return None
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl flags parser for ``app.run(main, flags_parser=parse_flags)``.
+
+  As absl's own, but the --config path is found as :func:`resolve_config_path`
+  does, and a config mistake exits with one line (``error: ...``, status 2)
+  instead of a traceback.
+  """
+  import sys
+
+  from absl import flags
+
+  argv = list(argv)
+  try:
+    found = _config_flag_value(argv)
+    if found is not None and ":" not in found[1]:  # PATH:ARGS is config_flags' own syntax
+      index, value = found
+      path = resolve_config_path(value)
+      argv[index] = argv[index].replace(value, path) if argv[index] != value else path
+      _check_override_keys(config_overrides(argv), _load(path, ()))
+    return flags.FLAGS(argv)
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
+  except flags.Error as e:
+    sys.exit(f"error: {' '.join(str(e).split())}")
+  except (KeyError, AttributeError, TypeError) as e:
+    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    sys.exit(f"error: {' '.join(message.split())}")
