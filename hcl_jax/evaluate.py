@@ -722,6 +722,11 @@ def main(argv: list[str] | None = None) -> int:
     config = ml_collections.ConfigDict(json.load(f))
   if args.readout:
     config.eval.readout = args.readout
+  from hcl_jax import config_check
+  try:
+    config_check.validate(config)  # the saved config, before anything compiles
+  except ValueError as e:
+    parser.exit(2, f"error: {config_path}: {e}\n")
   mesh = make_mesh()
   model = models.create_model(config)
   image_shape = (config.image_size, config.image_size, 3)

@@ -1,0 +1,95 @@
+"""Config mistakes: one or two lines naming the key, for every entry point."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from hcl_jax import config_check
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*argv, cwd=REPO):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
+                        env=env, timeout=300)
+  lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+  return done.returncode, lines
+
+
+@pytest.mark.parametrize("flag,named", [
+    ("--config.los.beta=1", ["config.los", "config.loss"]),         # unknown key
+    ("--config.loss.beta=abc", ["config.loss.beta", "abc"]),         # wrong type
+    ("--config.loss.beta=-1", ["config.loss.beta", ">= 0"]),          # bad value
+])
+def test_main_reports_config_mistakes_in_one_line(tmp_path, flag, named):
+  code, lines = _run("-m", "hcl_jax.main", "--config", "configs/digits.py",
+                     "--workdir", str(tmp_path / "run"), flag)
+  assert code != 0
+  assert len(lines) <= 2, lines
+  assert all(n in lines[-1] for n in named), lines
+  assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_evaluate_reports_a_bad_saved_config(tmp_path):
+  config = config_check.load_and_validate("configs/digits.py").to_dict()
+  config["loss"]["betta"] = 1.0
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  code, lines = _run("-m", "hcl_jax.evaluate", "--workdir", str(tmp_path))
+  assert code != 0 and len(lines) <= 2, lines
+  assert "config.loss.betta" in lines[-1] and "config.loss.beta" in lines[-1]
+
+
+def test_reproduce_checks_the_flags_before_any_run(tmp_path):
+  code, lines = _run("-m", "hcl_jax.reproduce", "--table", "digits", "--workdir",
+                     str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"), "--",
+                     "--config.los.beta=1")
+  assert code == 2 and len(lines) <= 2, lines
+  assert "config.los" in lines[-1] and "config.loss" in lines[-1]
+  assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_load_and_validate_applies_overrides_and_ignores_other_flags():
+  config = config_check.load_and_validate(
+      "configs/stl10_hcl.py", ["--config.loss.beta=2", "--workdir=/tmp/x", "--config.seed=3"])
+  assert config.loss.beta == 2.0 and config.seed == 3 and config.dataset == "stl10"
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["--config.los.beta=1"], "config.los is an unknown key (did you mean config.loss?)"),
+    (["--config.loss.betta=1"], "did you mean config.loss.beta?"),
+    (["--config.batch_size=2.5"], "--config.batch_size=2.5"),
+    (["--config.model.name=resnet7"], "config.model.name"),
+    (["--config.eval.readout=slow"], "config.eval.readout"),
+])
+def test_load_and_validate_errors_are_one_line(overrides, named):
+  with pytest.raises(ValueError) as error:
+    config_check.load_and_validate("configs/digits.py", overrides)
+  assert named in str(error.value)
+  assert "\n" not in str(error.value)
+
+
+def test_unknown_key_in_a_config_file(tmp_path):
+  path = tmp_path / "typo.py"
+  path.write_text(
+      "import importlib.util, pathlib\n"
+      f"spec = importlib.util.spec_from_file_location('d', {str(REPO / 'configs' / 'digits.py')!r})\n"
+      "digits = importlib.util.module_from_spec(spec); spec.loader.exec_module(digits)\n"
+      "def get_config():\n"
+      "  config = digits.get_config()\n"
+      "  config.optimizer.learnig_rate = 0.1\n"
+      "  return config\n")
+  with pytest.raises(ValueError, match=r"config\.optimizer\.learnig_rate: unknown key "
+                                       r"\(did you mean config\.optimizer\.learning_rate\?\)"):
+    config_check.load_and_validate(str(path))
+
+
+def test_missing_config_file_and_configs_found_from_any_cwd(tmp_path, monkeypatch):
+  with pytest.raises(ValueError, match="config file 'configs/nope.py' not found"):
+    config_check.load_and_validate("configs/nope.py")
+  monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped ones are used
+  assert config_check.load_and_validate("configs/digits.py").dataset == "digits"
