@@ -120,6 +120,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
+  logger.log_evaluation(total_steps, {**trained, **{f"random_init_{k}": v
+                                                    for k, v in initial.items()}})
   logger.write(
       f"Linear readout top-1: {trained['linear_top1']:.2f}% trained vs "
       f"{initial['linear_top1']:.2f}% at random initialisation; kNN top-1: "

@@ -9,10 +9,11 @@ In ``workdir``:
   so about to be redone) are dropped first, leaving one line per step.
   Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's json
   reads them back; strict JSON parsers do not).
-- ``events.out.tfevents.*``: TensorBoard scalars, one tag per metric.
+- ``events.out.tfevents.*``: TensorBoard scalars, one tag per metric, and
+  the evaluation's accuracies as ``eval/*`` (``log_evaluation``).
   Written with TensorFlow's core ``tf.summary.write`` (the ``tensorboard``
   package, which ``tf.summary.scalar`` needs, is not a dependency; it is
-  only needed to view the files). TensorFlow is imported on first use and
+  only needed to view the files: ``pip install hcl_jax[tensorboard]``). TensorFlow is imported on first use and
   told to leave GPUs alone (JAX owns the accelerator).
 
 On the terminal: a tqdm bar with ETA when stderr is a TTY, else one plain
@@ -233,6 +234,13 @@ class MetricLogger:
     self._show(step, values, now)
     self._last_step, self._last_time = step, now
     return record
+
+  def log_evaluation(self, step: int, accuracies: Mapping[str, float]) -> None:
+    """Evaluation accuracies (kNN monitor, linear readout) as TensorBoard
+    scalars ``eval/<name>`` at training step ``step``, beside the training
+    curves. (results.json, not metrics.jsonl, keeps them for programs.)"""
+    if self.enabled and self._tb is not None:
+      self._tb.write(int(step), {f"eval/{k}": float(v) for k, v in accuracies.items()})
 
   def eta_seconds(self, step: int, now: float | None = None) -> float:
     """Remaining time at the rate seen since the first ``log`` call (which

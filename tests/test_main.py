@@ -9,6 +9,7 @@ that patches it before running ``hcl_jax.main``'s absl app.
 """
 
 import os
+import pathlib
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
@@ -215,6 +216,17 @@ def test_end_to_end_on_digits(straight_run):
   assert saved["model"]["width_multiplier"] == 0.0625 and saved["batch_size"] == _BATCH
   # every 10 steps plus the final one, the last keep_checkpoints=3 kept.
   assert _steps_on_disk(workdir) == [30, 40, _STEPS]
+
+
+def test_end_to_end_accuracies_in_tensorboard(straight_run):
+  from test_eval_scalars import read_scalars  # noqa: E402
+  workdir, _, results = straight_run
+  scalars = read_scalars(pathlib.Path(workdir))
+  assert [s for (tag, s) in scalars if tag == "loss"] == list(range(1, _STEPS + 1))
+  for key in ("linear_top1", "knn_top1"):
+    assert scalars[(f"eval/{key}", _STEPS)] == pytest.approx(results[key], abs=1e-4)
+    assert scalars[(f"eval/random_init_{key}", _STEPS)] == pytest.approx(
+        results["random_init"][key], abs=1e-4)
 
 
 # ------------------------------------------------------------ kill and resume
