@@ -19,7 +19,7 @@ hx1, hx2, hw = (np.asarray(a) for a in (x1, x2, w))
 cpu = jax.devices()[0]
 with jax.set_mesh(jax.make_mesh((1,), ("data",), devices=[cpu])):
   ref_loss, ref_grad = jax.value_and_grad(loss_fn)(hw, hx1, hx2)
-  ref_sweep = [losses.hcl_loss(hx1 @ hw, hx2 @ hw, beta=float(b)) for b in betas]
+  ref_sweep = [losses.hcl_loss(hx1 @ hw, hx2 @ hw, beta=float(b)) for b in np.asarray(betas)]
   ref_dlogt = jax.grad(lambda lt: losses.nt_xent_loss(hx1 @ hw, hx2 @ hw,
                                                       temperature=jnp.exp(lt)))(np.log(0.5))
 assert jax.device_count() == 8
