@@ -567,7 +567,9 @@ def hcl_loss(
       anchors and returns the same value on every device; each device computes
       only its own anchors' rows (memory O(block_size x B_global)) and its input
       gradient is exactly its slice of the single-device gradient. Under plain
-      ``jax.jit`` with globally sharded z1, z2 leave it None.
+      ``jax.jit`` with globally sharded z1, z2 leave it None: on Auto axes XLA
+      places the collectives; on Explicit axes (``jax.make_mesh``'s default)
+      the loss takes this per-shard path itself.
     block_size: anchors per block of the similarity matrix: memory is
       O(block_size x 2B), never O((2B)^2). None (the default) takes
       ``DEFAULT_BLOCK_SIZE`` = 256, or one block when the whole matrix has

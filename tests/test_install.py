@@ -53,8 +53,13 @@ print(json.dumps({"file": hcl_jax.__file__, "results": results,
 
 def _copy_source(dest: pathlib.Path) -> None:
   """The files git would ship (tracked and untracked-but-not-ignored)."""
-  listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                          check=True, capture_output=True).stdout.decode().split("\0")
+  try:
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+  except (OSError, subprocess.CalledProcessError):  # not a git checkout
+    shutil.copytree(REPO, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "workdirs", "data", "__pycache__"))
+    return
   for name in filter(None, listed):
     source = REPO / name
     if source.is_file():
