@@ -499,8 +499,8 @@ def test_watch_retries_a_failed_run(gcloud):
       fake_gcloud.put_object(gcloud, "gs://bkt/hcl/run1/results.json")
 
   runner = ClockRunner(on_sleep=finish)
-  assert tpu.main(["watch", *WATCH_ARGS, "--backoff-seconds", "10"],
-                  runner=runner) == 0
+  assert tpu.main(["watch", *WATCH_ARGS, "--backoff-seconds", "10",
+                   "--deadline", "1d"], runner=runner) == 0
   assert runner.sleeps[:2] == [10, 20]
   assert len(_started_trainings(gcloud, "w")) == 4
   assert "w" in fake_gcloud.load(gcloud)["nodes"]   # no --delete-when-done
@@ -515,8 +515,8 @@ def test_watch_queued_resource(gcloud):
       fake_gcloud.put_object(gcloud, "gs://bkt/hcl/run1/results.json")
 
   runner = ClockRunner(on_sleep=finish)
-  assert tpu.main(["watch", *WATCH_ARGS, "--queued", "--delete-when-done"],
-                  runner=runner) == 0
+  assert tpu.main(["watch", *WATCH_ARGS, "--queued", "--delete-when-done",
+                   "--deadline", "1d"], runner=runner) == 0
   verbs = calls(gcloud)
   assert verbs[:3] == ["tpu-vm describe".replace("tpu-vm", "queued-resources"),
                        "storage ls", "queued-resources create"]
@@ -529,8 +529,8 @@ def test_watch_queued_resource(gcloud):
 
 def test_watch_gives_up_after_max_recoveries(gcloud, capsys):
   runner = ClockRunner(on_sleep=lambda: fake_gcloud.preempt(gcloud, "w"))
-  code = tpu.main(["watch", *WATCH_ARGS, "--max-recoveries", "1"],
-                  runner=runner)
+  code = tpu.main(["watch", *WATCH_ARGS, "--max-recoveries", "1",
+                   "--deadline", "1d"], runner=runner)
   assert code == 1
   assert calls(gcloud).count("tpu-vm create") == 1
   assert "--max-recoveries 1 is used up" in capsys.readouterr().err
