@@ -673,7 +673,7 @@ def _validate_run(runner: Runner, args: argparse.Namespace,
                ) + list(args.extra)
   devices = accel.devices if accel else 1
   check_training_config(args.config, overrides, devices)
-  runner.note(f"config {args.config} {' '.join(args.extra)} checked".rstrip() +
+  runner.note(" ".join(["config", args.config, *args.extra, "checked"]) +
               (f" for {devices} devices" if accel else
                " (pass --accelerator-type to check the batch split too)"))
 
@@ -807,11 +807,13 @@ class _Watch:
         continue
       if not self.pending and self.finished():
         self.log(f"training finished: {args.workdir}/results.json exists")
-        if args.delete_when_done:
-          if exists:
-            for cmd in [_ssh(args, "all", wait_script(args.grace_seconds))
-                        ] + delete_commands(args):
-              self.runner.run(cmd)
+        if args.delete_when_done and exists:
+          try:   # the workers' last log copy; a dead VM has none to wait for
+            self.runner.run(_ssh(args, "all", wait_script(args.grace_seconds)))
+          except LaunchError as e:
+            self.log(f"waiting for the workers failed, deleting anyway: {e}")
+          for cmd in delete_commands(args):
+            self.runner.run(cmd)
           self.log("deleted the TPU (--delete-when-done)")
         return
       healthy = exists and state not in self.dead

@@ -282,7 +282,8 @@ def install(directory: pathlib.Path) -> dict[str, str]:
   bin_dir = directory / "bin"
   bin_dir.mkdir(parents=True, exist_ok=True)
   shim = bin_dir / "gcloud"
-  shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} "
+  # -S: no site-packages to scan (the fake is standard library only).
+  shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -S "
                   f"{shlex.quote(str(pathlib.Path(__file__).resolve()))} "
                   '"$@"\n')
   shim.chmod(0o755)
