@@ -474,6 +474,25 @@ def test_create_setup_run_preempt_watch_recovers_after_a_stockout(gcloud):
   assert_nothing_rejected(state)
 
 
+def test_run_starts_nowhere_unless_every_worker_passed_preflight(gcloud,
+                                                                 capsys):
+  runner = ClockRunner()
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=runner) == 0
+  fake_gcloud.update(gcloud, ssh_failures=1)   # e.g. one worker refuses
+  assert tpu.main(["run", *[a for a in WATCH_ARGS if a != "--spot"]],
+                  runner=runner) == 1
+  assert "command failed" in capsys.readouterr().err
+  assert calls(gcloud) == ["tpu-vm create", "tpu-vm ssh"]   # no start
+  assert _started_trainings(gcloud, "w") == []
+
+
+def test_watch_rejects_a_bad_deadline(gcloud, capsys):
+  assert tpu.main(["watch", *WATCH_ARGS, "--deadline", "soon"],
+                  runner=ClockRunner()) == 1
+  assert "--deadline 'soon'" in capsys.readouterr().err
+  assert fake_gcloud.load(gcloud)["calls"] == []
+
+
 def test_watch_backoff_is_capped_and_stops_at_the_deadline(gcloud, capsys):
   fake_gcloud.update(gcloud, stockouts=100)
   runner = ClockRunner()
