@@ -639,8 +639,8 @@ def _header(runner: Runner, args: argparse.Namespace) -> Accelerator | None:
   return accel
 
 
-def _validate_run(runner: Runner, args: argparse.Namespace,
-                  accel: Accelerator | None) -> None:
+def _validate_run(args: argparse.Namespace, accel: Accelerator | None,
+                  runner: Runner | None = None) -> None:
   config_file = REPO_ROOT / args.config.split(":", 1)[0]
   if not config_file.is_file():
     configs = ", ".join(sorted(p.relative_to(REPO_ROOT).as_posix()
@@ -666,14 +666,15 @@ def _validate_run(runner: Runner, args: argparse.Namespace,
       raise ValueError(f"extra training argument {extra!r} must be a flag "
                        "such as --config.batch_size=1024")
   _remote_words(train_command(args))   # quotes etc. before any gcloud call
+  note = runner.note if runner else (lambda text: None)
   if args.skip_config_check:
-    runner.note("config not checked here (--skip-config-check)")
+    note("config not checked here (--skip-config-check)")
     return
   overrides = ([f"--config.data_dir={args.data_dir}"] if args.data_dir else []
                ) + list(args.extra)
   devices = accel.devices if accel else 1
   check_training_config(args.config, overrides, devices)
-  runner.note(" ".join(["config", args.config, *args.extra, "checked"]) +
+  note(" ".join(["config", args.config, *args.extra, "checked"]) +
               (f" for {devices} devices" if accel else
                " (pass --accelerator-type to check the batch split too)"))
 
@@ -700,7 +701,7 @@ def cmd_setup(runner: Runner, args: argparse.Namespace) -> None:
 
 def cmd_run(runner: Runner, args: argparse.Namespace) -> None:
   accel = _header(runner, args)
-  _validate_run(runner, args, accel)
+  _validate_run(args, accel, runner)
   runner.note(f"every worker runs, detached, in {REMOTE_CURRENT} (log "
               f"{REMOTE_LOG}, copied to {_logs_destination(args.workdir)}/): "
               f"{_remote_words(train_command(args))}")
@@ -862,7 +863,7 @@ def cmd_watch(runner: Runner, args: argparse.Namespace) -> None:
   # A retried run stops what an earlier, partly failed attempt started.
   args.replace = True
   accel = _header(runner, args)
-  _validate_run(runner, args, accel)
+  _validate_run(args, accel, runner)
   if args.deadline:
     parse_deadline(args.deadline, runner.now())
   if runner.dry_run:
