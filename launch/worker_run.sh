@@ -31,7 +31,16 @@ dest.mkdir(parents=True, exist_ok=True)
 "$@" &
 CHILD=$!
 trap 'kill -TERM "$CHILD" 2>/dev/null' TERM INT HUP
-( while sleep "$EVERY"; do copy_log; done ) &
+STOP="$LOG.copier-stop"
+rm -f "$STOP"
+# Copies every EVERY s, in 1 s naps so that it ends within 1 s of the stop
+# file (a signal could land before a trap is set and orphan a long sleep).
+( N=0
+  while [ ! -e "$STOP" ]; do
+    sleep 1
+    N=$((N + 1))
+    if [ "$N" -ge "$EVERY" ]; then N=0; copy_log; fi
+  done ) &
 COPIER=$!
 CODE=0
 wait "$CHILD" || CODE=$?
@@ -39,7 +48,9 @@ while kill -0 "$CHILD" 2>/dev/null; do   # woken by a trapped signal
   CODE=0
   wait "$CHILD" || CODE=$?
 done
-kill "$COPIER" 2>/dev/null
+touch "$STOP"
+wait "$COPIER" 2>/dev/null
+rm -f "$STOP"
 echo "=== exit $CODE $(date -u +%FT%TZ) on $(hostname) ==="
 copy_log
 exit "$CODE"
