@@ -1,0 +1,17 @@
+"""InfoGraph + JSD_hard on REDDIT-BINARY, as the published graph/launch.sh runs it.
+
+Command (one run; the table of beta 0, 1, 2, 10 x 10 repeats is
+`python -m hcl_jax.reproduce --table reddit_binary`):
+  python -m hcl_jax.graph.main --config configs/graph/reddit_binary.py \
+      --workdir workdirs/graph/reddit_binary --config.loss.beta=1.0 \
+      --config.data_dir=DATA_DIR
+
+Needs the TU files: unzip https://www.chrsmrrs.com/graphkerneldatasets/REDDIT-BINARY.zip into DATA_DIR.
+EXPECTED_TIME
+"""
+
+from hcl_jax.graph.config import base_config
+
+
+def get_config():
+  return base_config("REDDIT-BINARY")
