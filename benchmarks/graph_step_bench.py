@@ -169,6 +169,19 @@ def ours_step():
   return loss
 
 
+def compare_embeddings(when):
+  """Eval-mode graph embeddings (BatchNorm running statistics) of both."""
+  net.eval()
+  with torch.no_grad():
+    theirs_y = net.encoder(pyg_batch.x, pyg_batch.edge_index, pyg_batch.batch)[0].numpy()
+  net.train()
+  ours_y = np.asarray(train_lib.make_embed(32, 3)(
+      {"params": state["params"], "batch_stats": state["batch_stats"]}, device_batch))
+  diff = np.abs(ours_y[:len(theirs_y)] - theirs_y).max() / np.abs(theirs_y).max()
+  print(f"eval-mode embeddings {when}: max |ours - torch| / max |torch| = {diff:.1e}")
+
+
+compare_embeddings("at initialisation")
 # Same weights, same batch: the losses of the first steps should agree (the
 # second and third also check gradients, BatchNorm and Adam).
 for i in range(3):
@@ -176,6 +189,7 @@ for i in range(3):
   ours = float(ours_step())
   print(f"step {i + 1} loss: ours {ours:.6f}  torch/PyG {theirs:.6f}  "
         f"(relative difference {abs(ours - theirs) / abs(theirs):.1e})")
+compare_embeddings("after 3 steps")
 ours_step().block_until_ready()  # compiled already; warm
 
 times = {"ours (JAX, jit)": [], "published (PyTorch Geometric)": []}

@@ -148,7 +148,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
     svc = dict(extra["svc"])
     elapsed_before = float(extra.get("elapsed_s", 0.0))
   logger = MetricLogger(str(workdir_path), total_steps=total_steps, config=config,
-                        start_step=start_step, batch_size=config.batch_size,
+                        start_step=start_step,
                         tensorboard=config.tensorboard, progress=config.progress)
   if start_step:
     logger.write(f"Resuming from checkpoint {start_step} in {workdir}.")
