@@ -32,6 +32,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   config.loss.tau_plus = 0.5        # the published default, never overridden
   config.loss.mask_mode = "zero"    # zero (published) | remove
   config.eval_every_epochs = 100    # SVC at epoch 0, every N epochs and at the end
+  config.svc_folds = 10             # published: 10-fold stratified CV ...
+  config.svc_inner_folds = 5        # ... and C chosen by 5-fold grid search inside
   config.checkpoint_every_epochs = 50
   config.keep_checkpoints = 2
   config.tensorboard = True

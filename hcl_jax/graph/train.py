@@ -39,7 +39,7 @@ def validate_config(config: Any) -> None:
   if config.get("dataset") not in DATASETS:
     raise ValueError(f"config.dataset={config.get('dataset')!r}: expected one of {DATASETS}.")
   for key in ("batch_size", "num_epochs", "hidden_dim", "num_layers", "eval_every_epochs",
-              "checkpoint_every_epochs", "keep_checkpoints"):
+              "checkpoint_every_epochs", "keep_checkpoints", "svc_folds", "svc_inner_folds"):
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"config.{key}={value!r}: must be an int >= 1.")
@@ -119,7 +119,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
   if dataset is None:
     dataset = tu_data.load_tu_dataset(config.dataset, config.data_dir or None)
   order = tu_data.shuffled_order(len(dataset), config.seed)
-  batches = tu_data.make_batches(dataset, order, config.batch_size)
+  batches = tu_data.make_batches(dataset, order, config.batch_size, one_shape=True)
   steps_per_epoch = len(batches)
   graphs_per_step = [b.num_graphs for b in batches]
   batches = [jax.device_put(b) for b in batches]   # once: every epoch reuses them
@@ -137,7 +137,8 @@ def train_and_evaluate(config: Any, workdir: str, *,
   def evaluate(state, epoch: int) -> float:
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     x, y = evaluate_svc.embed_all(lambda b: embed(variables, b), batches)
-    return evaluate_svc.svc_accuracy(x, y, seed=config.seed * 1000 + epoch)
+    return evaluate_svc.svc_accuracy(x, y, seed=config.seed * 1000 + epoch,
+                                     folds=config.svc_folds, inner_folds=config.svc_inner_folds)
 
   ckpt = Checkpointer(workdir_path / "checkpoints", keep=config.keep_checkpoints,
                       save_every_steps=config.checkpoint_every_epochs * steps_per_epoch)
@@ -150,34 +151,41 @@ def train_and_evaluate(config: Any, workdir: str, *,
   logger = MetricLogger(str(workdir_path), total_steps=total_steps, config=config,
                         start_step=start_step,
                         tensorboard=config.tensorboard, progress=config.progress)
-  if start_step:
-    logger.write(f"Resuming from checkpoint {start_step} in {workdir}.")
-  else:
-    logger.write(f"InfoGraph {config.loss.measure} beta={beta:g} on {config.dataset} "
-                 f"({len(dataset)} graphs, {dataset.num_features} features, "
-                 f"{dataset.feature_kind}): {config.num_epochs} epochs x {steps_per_epoch} "
-                 f"batches of {config.batch_size} graphs, seed {config.seed}.")
-  if "0" not in svc:
-    svc["0"] = evaluate(state, 0)
-    logger.write(f"SVC accuracy at epoch 0: {svc['0']:.2f}%")
+  try:
+    if start_step:
+      logger.write(f"Resuming from checkpoint {start_step} in {workdir}.")
+    else:
+      logger.write(f"InfoGraph {config.loss.measure} beta={beta:g} on {config.dataset} "
+                   f"({len(dataset)} graphs, {dataset.num_features} features, "
+                   f"{dataset.feature_kind}): {config.num_epochs} epochs x {steps_per_epoch} "
+                   f"batches of {config.batch_size} graphs, seed {config.seed}.")
+    if "0" not in svc:
+      svc["0"] = evaluate(state, 0)
+      logger.write(f"SVC accuracy at epoch 0: {svc['0']:.2f}%")
 
-  beta_arg = jnp.float32(beta)
-  epoch_loss, step = 0.0, start_step
-  for step in range(start_step + 1, total_steps + 1):
-    batch = batches[(step - 1) % steps_per_epoch]
-    state, loss = train_step(state, batch, beta_arg)
-    # The published log: the mean over the epoch's batches of loss * n_graphs.
-    epoch_loss += float(loss) * graphs_per_step[(step - 1) % steps_per_epoch]
-    if step % steps_per_epoch == 0:
-      epoch = step // steps_per_epoch
-      record = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch, "beta": beta}
-      if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-        svc[str(epoch)] = record["svc_accuracy"] = evaluate(state, epoch)
-      logger.log(step, record)
-      epoch_loss = 0.0
-      ckpt.maybe_save(step, state, {"svc": svc, "elapsed_s": elapsed_before + time.time()
-                                    - start_time}, force=step == total_steps)
-  ckpt.close()
+    beta_arg = jnp.float32(beta)
+    epoch_loss, step = 0.0, start_step
+    for step in range(start_step + 1, total_steps + 1):
+      batch = batches[(step - 1) % steps_per_epoch]
+      state, loss = train_step(state, batch, beta_arg)
+      # The published log: the mean over the epoch's batches of loss * n_graphs.
+      epoch_loss += float(loss) * graphs_per_step[(step - 1) % steps_per_epoch]
+      if step % steps_per_epoch == 0:
+        epoch = step // steps_per_epoch
+        record = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch, "beta": beta}
+        if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
+          svc[str(epoch)] = record["svc_accuracy"] = evaluate(state, epoch)
+        logger.log(step, record)
+        epoch_loss = 0.0
+        ckpt.maybe_save(step, state, {"svc": svc, "elapsed_s": elapsed_before + time.time()
+                                      - start_time}, force=step == total_steps)
+  except BaseException:
+    logger.close()
+    raise
+  finally:
+    # Also on an exception (Ctrl-C, a crash): the save in flight is finished,
+    # so a run started again finds it.
+    ckpt.close()
   final_epoch = str(config.num_epochs)
   results = {
       "dataset": config.dataset, "measure": config.loss.measure, "beta": beta,

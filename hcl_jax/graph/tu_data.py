@@ -254,9 +254,13 @@ def shuffled_order(num_graphs: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).permutation(num_graphs)
 
 
-def make_batches(dataset: GraphDataset, order: Sequence[int], batch_size: int
-                 ) -> list[GraphBatch]:
+def make_batches(dataset: GraphDataset, order: Sequence[int], batch_size: int, *,
+                 one_shape: bool = False) -> list[GraphBatch]:
   """Consecutive batches of ``batch_size`` graphs in ``order`` (last one partial).
+
+  Each batch's node and edge slots are bucketed (``bucket_size``); with
+  ``one_shape`` every batch gets the largest batch's buckets, so a training
+  run that cycles through a fixed list of batches compiles its step once.
 
   A batch of one graph is refused: its negatives term divides by
   n_graphs - 1 (the published code returns NaN there).
@@ -269,7 +273,12 @@ def make_batches(dataset: GraphDataset, order: Sequence[int], batch_size: int
     raise ValueError(
         f"{len(order)} graphs in batches of {batch_size} leave a last batch of one graph, "
         "whose JSD negatives term is 0/0; choose another batch_size.")
-  return [pad_batch(dataset, chunk, batch_size) for chunk in chunks]
+  if not one_shape:
+    return [pad_batch(dataset, chunk, batch_size) for chunk in chunks]
+  nodes = max(sum(len(dataset.node_features[i]) for i in chunk) for chunk in chunks)
+  edges = max(sum(dataset.edges[i].shape[1] for i in chunk) for chunk in chunks)
+  return [pad_batch(dataset, chunk, batch_size, bucket_size(nodes), bucket_size(edges))
+          for chunk in chunks]
 
 
 def iterate_forever(batches: Sequence[GraphBatch], start: int = 0) -> Iterator[GraphBatch]:
