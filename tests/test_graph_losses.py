@@ -135,7 +135,7 @@ def test_tau_plus_other_than_published():
 def test_padding_does_not_change_loss():
   """Same graphs, different amounts of (garbage) padding: identical loss and gradients."""
   results = []
-  for pad_nodes, pad_graphs, seed in ((0, 0, 3), (7, 3, 3), (40, 9, 3)):
+  for pad_nodes, pad_graphs, seed in ((0, 0, 3), (40, 9, 3)):
     l, g, node_graph, padded = make_case([5, 2, 11], dim=4, pad_nodes=pad_nodes,
                                          pad_graphs=pad_graphs, seed=seed)
     value, gl, gg = ours(padded, beta=2.0)

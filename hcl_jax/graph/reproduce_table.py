@@ -172,7 +172,8 @@ def _pm(mean: float, std: float, signed: bool = False) -> str:
 
 def render_markdown(table: str, results: Sequence[Mapping[str, Any]], command: str, *,
                     repeats: int, betas: Sequence[float] = BETAS, epochs: int,
-                    elapsed_s: float | None = None, png_name: str | None = None) -> str:
+                    elapsed_s: float | None = None, png_name: str | None = None,
+                    rebuilt: bool = False) -> str:
   summaries = summarize(results, betas)
   total = sum(s.wall_time_s for s in summaries)
   name = TABLES[table]
@@ -200,6 +201,9 @@ def render_markdown(table: str, results: Sequence[Mapping[str, Any]], command: s
       + ".",
       "",
   ]
+  if rebuilt:
+    lines[-1:-1] = ["(This page was rebuilt from the runs' results.json with `--report-only`.)",
+                    ""]
   if not complete:
     lines += [f"**Partial table**: not every beta has its {repeats} repeats yet "
               "(column n); run the same command again to finish it.", ""]
@@ -310,7 +314,9 @@ def main(argv: Sequence[str], out=None) -> int:
   out = out or sys.stdout
   argv = list(argv)
   args = build_parser().parse_args(argv)
-  command = shlex.join(["python", "-m", "hcl_jax.reproduce", *argv])
+  # The command that trains (a report rebuilt with --report-only names it too).
+  command = shlex.join(["python", "-m", "hcl_jax.reproduce",
+                        *[a for a in argv if a != "--report-only"]])
   config = load_config(args.table)
   epochs = args.epochs or config.num_epochs
   runs = plan_runs(args.table, repeats=args.repeats, betas=args.betas, root=args.workdir)
@@ -355,6 +361,8 @@ def main(argv: Sequence[str], out=None) -> int:
             f"{result['wall_time_s']:.0f} s; {time.time() - start:.0f} s so far",
             file=sys.stderr, flush=True)
     report_kw["elapsed_s"] = time.time() - start
+  else:
+    report_kw["rebuilt"] = True
 
   results = collect_results(runs)
   md, png = write_report(args.table, results, args.out_dir, command, **report_kw)
