@@ -85,7 +85,7 @@ def test_bad_config(tmp_path, key, value, match):
 def test_bad_loss_option(tmp_path):
   config = short_config()
   config.loss.mask_mode = "drop"
-  with pytest.raises(ValueError, match="mask_mode='drop'"):
+  with pytest.raises(ValueError, match="config.loss.mask_mode='drop'"):
     train.train_and_evaluate(config, str(tmp_path))
 
 

@@ -51,8 +51,11 @@ def validate_config(config: Any) -> None:
   lr = config.get("learning_rate")
   if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
     raise ValueError(f"config.learning_rate={lr!r}: must be a number > 0.")
-  losses.check_options(measure=config.loss.measure, beta=config.loss.beta,
-                       tau_plus=config.loss.tau_plus, mask_mode=config.loss.mask_mode)
+  try:
+    losses.check_options(measure=config.loss.measure, beta=config.loss.beta,
+                         tau_plus=config.loss.tau_plus, mask_mode=config.loss.mask_mode)
+  except ValueError as e:
+    raise ValueError(f"config.loss.{e}") from None
   if config.progress not in ("auto", "bar", "lines", "none"):
     raise ValueError(f"config.progress={config.progress!r}: expected auto|bar|lines|none.")
 
