@@ -4,6 +4,7 @@
   python -m hcl_jax.reproduce --table stl10 --seeds 3 --dry-run
   python -m hcl_jax.reproduce --table stl10 --report-only
   python -m hcl_jax.reproduce --table digits --epochs 2 -- --config.data_dir=data
+  python -m hcl_jax.reproduce --table mutag     # graphs: see hcl_jax/graph/reproduce_table.py
   python -m hcl_jax.reproduce --table stl10 --seeds 3 --workdir gs://BKT/hcl \\
       --tpu-commands --zone us-central2-b -- --config.data_dir=gs://BKT/tfds
 
@@ -571,6 +572,9 @@ def _run_all(runs: Sequence[Run]) -> tuple[list[Run], bool]:
 def main(argv: Sequence[str] | None = None, out=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   out = out or sys.stdout
+  from hcl_jax.graph import reproduce_table as graph_tables
+  if graph_tables.wants(argv):   # --table mutag, proteins, ...: InfoGraph (graph/)
+    return graph_tables.main(argv, out)
   args = parse_args(argv)
   command = _command_line(argv)
 

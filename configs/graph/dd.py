@@ -1,0 +1,18 @@
+"""InfoGraph + JSD_hard on DD, as the published graph/launch.sh runs it.
+
+Command (one run; the table of beta 0, 1, 2, 10 x 10 repeats is
+`python -m hcl_jax.reproduce --table dd --data-dir DATA_DIR`):
+  python -m hcl_jax.graph.main --config configs/graph/dd.py \
+      --workdir workdirs/graph/dd --config.loss.beta=1.0 \
+      --config.data_dir=DATA_DIR
+
+Needs the TU files: unzip https://www.chrsmrrs.com/graphkerneldatasets/DD.zip into DATA_DIR.
+Expected time: not measured here (the files are not on this machine); MUTAG,
+188 graphs, takes 15-60 s per run on 2 CPU cores (configs/graph/mutag.py).
+"""
+
+from hcl_jax.graph.config import base_config
+
+
+def get_config():
+  return base_config("DD")

@@ -1,0 +1,205 @@
+"""One InfoGraph run: pre-train on a TU dataset, SVC-evaluate, checkpoint, resume.
+
+What the published deepinfomax.py does for one (repeat, beta): shuffle the
+dataset once (here with ``config.seed``), batch it in that fixed order every
+epoch, Adam 1e-3 on the local-global loss, and score the frozen graph
+embeddings with the SVC protocol at epoch 0, every ``eval_every_epochs`` and
+at the end (the stored result). The workdir gets ``checkpoints/`` (orbax, via
+hcl_jax.checkpointing), ``metrics.jsonl`` (+ TensorBoard, progress bar, via
+hcl_jax.metrics_log), ``config.json`` and, at the end, ``results.json``.
+Started again with the same workdir a run resumes from its latest checkpoint
+(the SVC scores so far travel in the checkpoint's JSON) and ends as one that
+went straight through; a finished run returns its results.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+
+from hcl_jax.graph import evaluate_svc
+from hcl_jax.graph import losses
+from hcl_jax.graph import model as model_lib
+from hcl_jax.graph import tu_data
+from hcl_jax.graph.config import DATASETS
+
+RESULTS_FILE = "results.json"
+
+
+def validate_config(config: Any) -> None:
+  """ValueError naming the bad key; call before loading anything."""
+  if config.get("dataset") not in DATASETS:
+    raise ValueError(f"config.dataset={config.get('dataset')!r}: expected one of {DATASETS}.")
+  for key in ("batch_size", "num_epochs", "hidden_dim", "num_layers", "eval_every_epochs",
+              "checkpoint_every_epochs", "keep_checkpoints", "svc_folds", "svc_inner_folds"):
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.{key}={value!r}: must be an int >= 1.")
+  if config.batch_size < 2:
+    raise ValueError(f"config.batch_size={config.batch_size}: must be >= 2.")
+  seed = config.get("seed")
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"config.seed={seed!r}: must be an int >= 0.")
+  lr = config.get("learning_rate")
+  if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+    raise ValueError(f"config.learning_rate={lr!r}: must be a number > 0.")
+  try:
+    losses.check_options(measure=config.loss.measure, beta=config.loss.beta,
+                         tau_plus=config.loss.tau_plus, mask_mode=config.loss.mask_mode)
+  except ValueError as e:
+    raise ValueError(f"config.loss.{e}") from None
+  if config.progress not in ("auto", "bar", "lines", "none"):
+    raise ValueError(f"config.progress={config.progress!r}: expected auto|bar|lines|none.")
+
+
+def create_state(model: model_lib.InfoGraph, tx: optax.GradientTransformation,
+                 batch: tu_data.GraphBatch, seed: int) -> dict[str, Any]:
+  variables = model_lib.init_variables(model, batch, jax.random.key(seed))
+  params = variables["params"]
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "batch_stats": variables["batch_stats"], "opt_state": tx.init(params)}
+
+
+@functools.lru_cache(maxsize=None)
+def make_train_step(hidden_dim: int, num_layers: int, learning_rate: float, measure: str,
+                    beta_is_zero: bool, tau_plus: float, mask_mode: str) -> Callable:
+  """The jitted (state, batch, beta) -> (state, loss); cached, so runs in one
+  process share compilations (beta is traced: one compilation for all beta > 0)."""
+  model = model_lib.InfoGraph(hidden_dim, num_layers)
+  tx = optax.adam(learning_rate)
+
+  def loss_fn(params, batch_stats, batch, beta):
+    (l, g), updates = model.apply({"params": params, "batch_stats": batch_stats}, batch,
+                                  train=True, mutable=["batch_stats"])
+    loss = losses.local_global_loss(
+        l, g, batch.node_graph, batch.node_mask, batch.graph_mask, measure=measure,
+        beta=0.0 if beta_is_zero else beta, tau_plus=tau_plus, mask_mode=mask_mode)
+    return loss, updates["batch_stats"]
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, batch, beta):
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["batch_stats"], batch, beta)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    return {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+            "batch_stats": batch_stats, "opt_state": opt_state}, loss
+
+  return train_step
+
+
+@functools.lru_cache(maxsize=None)
+def make_embed(hidden_dim: int, num_layers: int) -> Callable:
+  model = model_lib.InfoGraph(hidden_dim, num_layers)
+  return jax.jit(lambda variables, batch: model.apply(variables, batch,
+                                                      method=model_lib.InfoGraph.embed))
+
+
+def _read_results(workdir: epath.Path) -> dict[str, Any] | None:
+  path = workdir / RESULTS_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_and_evaluate(config: Any, workdir: str, *,
+                       dataset: tu_data.GraphDataset | None = None) -> dict[str, Any]:
+  """Runs (or resumes, or returns the finished) run; returns results.json's dict."""
+  from hcl_jax.checkpointing import Checkpointer
+  from hcl_jax.metrics_log import MetricLogger
+
+  validate_config(config)
+  workdir_path = epath.Path(workdir)
+  done = _read_results(workdir_path)
+  if done is not None:
+    return done
+  start_time = time.time()
+  if dataset is None:
+    dataset = tu_data.load_tu_dataset(config.dataset, config.data_dir or None)
+  order = tu_data.shuffled_order(len(dataset), config.seed)
+  batches = tu_data.make_batches(dataset, order, config.batch_size, one_shape=True)
+  steps_per_epoch = len(batches)
+  graphs_per_step = [b.num_graphs for b in batches]
+  batches = [jax.device_put(b) for b in batches]   # once: every epoch reuses them
+  total_steps = config.num_epochs * steps_per_epoch
+
+  model = model_lib.InfoGraph(config.hidden_dim, config.num_layers)
+  tx = optax.adam(config.learning_rate)
+  state = create_state(model, tx, batches[0], config.seed)
+  beta = float(config.loss.beta)
+  train_step = make_train_step(config.hidden_dim, config.num_layers,
+                               float(config.learning_rate), config.loss.measure, beta == 0,
+                               float(config.loss.tau_plus), config.loss.mask_mode)
+  embed = make_embed(config.hidden_dim, config.num_layers)
+
+  def evaluate(state, epoch: int) -> float:
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    x, y = evaluate_svc.embed_all(lambda b: embed(variables, b), batches)
+    return evaluate_svc.svc_accuracy(x, y, seed=config.seed * 1000 + epoch,
+                                     folds=config.svc_folds, inner_folds=config.svc_inner_folds)
+
+  ckpt = Checkpointer(workdir_path / "checkpoints", keep=config.keep_checkpoints,
+                      save_every_steps=config.checkpoint_every_epochs * steps_per_epoch)
+  start_step, svc, elapsed_before = 0, {}, 0.0
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    start_step, state, extra = restored
+    svc = dict(extra["svc"])
+    elapsed_before = float(extra.get("elapsed_s", 0.0))
+  logger = MetricLogger(str(workdir_path), total_steps=total_steps, config=config,
+                        start_step=start_step,
+                        tensorboard=config.tensorboard, progress=config.progress)
+  try:
+    if start_step:
+      logger.write(f"Resuming from checkpoint {start_step} in {workdir}.")
+    else:
+      logger.write(f"InfoGraph {config.loss.measure} beta={beta:g} on {config.dataset} "
+                   f"({len(dataset)} graphs, {dataset.num_features} features, "
+                   f"{dataset.feature_kind}): {config.num_epochs} epochs x {steps_per_epoch} "
+                   f"batches of {config.batch_size} graphs, seed {config.seed}.")
+    if "0" not in svc:
+      svc["0"] = evaluate(state, 0)
+      logger.write(f"SVC accuracy at epoch 0: {svc['0']:.2f}%")
+
+    beta_arg = jnp.float32(beta)
+    epoch_loss, step = 0.0, start_step
+    for step in range(start_step + 1, total_steps + 1):
+      batch = batches[(step - 1) % steps_per_epoch]
+      state, loss = train_step(state, batch, beta_arg)
+      # The published log: the mean over the epoch's batches of loss * n_graphs.
+      epoch_loss += float(loss) * graphs_per_step[(step - 1) % steps_per_epoch]
+      if step % steps_per_epoch == 0:
+        epoch = step // steps_per_epoch
+        record = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch, "beta": beta}
+        if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
+          svc[str(epoch)] = record["svc_accuracy"] = evaluate(state, epoch)
+        logger.log(step, record)
+        epoch_loss = 0.0
+        ckpt.maybe_save(step, state, {"svc": svc, "elapsed_s": elapsed_before + time.time()
+                                      - start_time}, force=step == total_steps)
+  except BaseException:
+    logger.close()
+    raise
+  finally:
+    # Also on an exception (Ctrl-C, a crash): the save in flight is finished,
+    # so a run started again finds it.
+    ckpt.close()
+  final_epoch = str(config.num_epochs)
+  results = {
+      "dataset": config.dataset, "measure": config.loss.measure, "beta": beta,
+      "tau_plus": float(config.loss.tau_plus), "mask_mode": config.loss.mask_mode,
+      "seed": config.seed, "epochs": config.num_epochs, "steps": total_steps,
+      "svc_accuracy": svc[final_epoch], "svc_accuracy_epoch0": svc["0"],
+      "svc_accuracy_by_epoch": svc,
+      "wall_time_s": round(elapsed_before + time.time() - start_time, 1),
+  }
+  (workdir_path / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+  logger.write(f"SVC accuracy: {svc[final_epoch]:.2f}% after {config.num_epochs} epochs "
+               f"vs {svc['0']:.2f}% at epoch 0 ({results['wall_time_s']:.0f} s).")
+  logger.close()
+  return results
