@@ -126,10 +126,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       ckpt.maybe_save(step, state, {"data_step": step, "rng": rng_to_list(rng)},
                       force=stopped or step == total_steps)
       if stopped:
-        logger.write(f"{guard.signal_name} received: checkpoint {step} saved, exiting.")
         break
-  ckpt.close()
+  ckpt.close()  # waits for the asynchronous save
   if stopped:
+    # Every process says so (each one's log is in WORKDIR/logs/).
+    message = f"{guard.stop_reason}: checkpoint {step} saved, exiting."
+    logger.write(message) if is_main else print(message, flush=True)
     logger.close()
     return {"stopped_at_step": step}
 

@@ -26,6 +26,7 @@ is then a no-op, so callers need no ``if``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -127,6 +128,7 @@ def _crc32c_table() -> list[int]:
 
 
 _CRC32C_TABLE = _crc32c_table()
+_EVENT_FILE_IDS = itertools.count()  # unique names within a process and second
 
 
 def _masked_crc32c(data: bytes) -> int:
@@ -169,7 +171,6 @@ class _TensorBoardScalars:
     self._logdir = logdir
     self._flush_every_s = flush_every_s
     self._file: workdir_fs.RewrittenFile | None = None
-    self._files_started = 0
     # What tensorboard's tf.summary.scalar attaches: the "scalars" plugin.
     self._metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
@@ -184,8 +185,7 @@ class _TensorBoardScalars:
     event_pb2 = self._pb[4]
     now = time.time()
     name = (f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{self._files_started}.v2")
-    self._files_started += 1
+            f"{os.getpid()}.{next(_EVENT_FILE_IDS)}.v2")
     first = event_pb2.Event(wall_time=now, file_version="brain.Event:2")
     self._file = workdir_fs.RewrittenFile(self._logdir / name,
                                           initial=_tfrecord(first.SerializeToString()),
