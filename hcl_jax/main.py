@@ -8,10 +8,10 @@ last ``keep_checkpoints``), ``metrics.jsonl``, TensorBoard events,
 ``config.json``, ``logs/process_<i>.log`` (each process's output) and, at the
 end, ``results.json`` with the linear readout and kNN accuracies (in %) of the
 trained encoder and of the same encoder at its random initialisation. The
-workdir may be local or ``gs://...`` (``hcl_jax.workdir_fs``). Started again with the same workdir, the run resumes
-from its latest readable checkpoint (state, step, data position and RNG) and
-ends exactly as a run that went straight through; SIGTERM (a TPU preemption)
-saves and exits 0.
+workdir may be local or ``gs://...`` (``hcl_jax.workdir_fs``). Started again
+with the same workdir, the run resumes from its latest readable checkpoint
+(state, step, data position and RNG) and ends exactly as a run that went
+straight through; SIGTERM (a TPU preemption) saves and exits 0.
 """
 
 from __future__ import annotations
@@ -131,7 +131,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if stopped:
     # Every process says so (each one's log is in WORKDIR/logs/).
     message = f"{guard.stop_reason}: checkpoint {step} saved, exiting."
-    logger.write(message) if is_main else print(message, flush=True)
+    if is_main:
+      logger.write(message)
+    else:
+      print(message, flush=True)
     logger.close()
     return {"stopped_at_step": step}
 

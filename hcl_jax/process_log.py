@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from typing import TextIO
 
 from hcl_jax import workdir_fs
@@ -101,7 +102,10 @@ class ProcessLog:
     self._thread.start()
     return self
 
-  def __exit__(self, *exc) -> None:
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is not None and not issubclass(exc_type, SystemExit):
+      # The traceback is printed after the streams are restored: keep it here.
+      self._file.append("".join(traceback.format_exception(exc_type, exc, tb)))
     self._stop.set()
     if self._thread is not None:
       self._thread.join()

@@ -1,7 +1,7 @@
 """Rehearse a Cloud TPU pod slice on this machine, before renting one.
 
   python -m hcl_jax.rehearse_pod --processes 2 --devices-per-process 4 \\
-      [--preempt none|one|all] [-- --config.num_epochs=2 ...]
+      [--preempt one,all] [-- --config.num_epochs=2 ...]
 
 runs what ``launch/tpu.py run`` runs on every worker of a slice, the real
 ``python -m hcl_jax.main`` end to end (pre-training, checkpoints, kNN monitor,
@@ -12,10 +12,11 @@ by a real GCS API emulator on 127.0.0.1 (``hcl_jax.gcs_emulator``). The
 processes run in an empty scratch folder, so a workdir written to local disk
 by mistake (a folder named ``gs:``) is caught.
 
-``--preempt one`` / ``all`` sends SIGTERM to process 1 / to every process once
-the first checkpoint is in the bucket, checks that every process exits 0
-having saved the same step, then runs again, which resumes from the bucket
-and finishes. At the end it prints the bucket's contents, results.json and
+``--preempt one,all`` starts the run, sends SIGTERM to process 1 ("one") once
+a checkpoint is in the bucket, checks that every process exits 0 having saved
+the same step, starts it again (it must resume from that step), sends SIGTERM
+to every process ("all") after its next checkpoint, checks the same, and runs
+it a last time to the end. Any sequence of "one" and "all" works. At the end it prints the bucket's contents, results.json and
 the final loss, and checks that the bucket holds checkpoints, metrics.jsonl,
 config.json, results.json, TensorBoard events and each process's log.
 

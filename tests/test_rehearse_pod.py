@@ -97,6 +97,15 @@ def test_evaluation_same_on_2x4_and_1x8(gcs, reference, pod):
   for key in ("linear_top1", "knn_top1"):
     assert abs(one["results"]["random_init"][key]
                - reference["results"]["random_init"][key]) <= tolerance, key
+  # Training too sees the same global batches (hcl_jax/data/pipeline.py); only
+  # the cross-process all-reduce's summation order differs, so after 22 Adam
+  # steps the loss agrees to float32 rounding and the top-1 within 1 point
+  # (measured: see the report in docs/launch.md).
+  print("2x4 vs 1x8:", reference["final_loss"], one["final_loss"],
+        {k: (reference["results"][k], one["results"][k]) for k in ("linear_top1", "knn_top1")})
+  assert one["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4)
+  for key in ("linear_top1", "knn_top1"):
+    assert abs(one["results"][key] - reference["results"][key]) <= 1.0, key
 
   env = {**os.environ, **gcs.env(), **pod["extra_env"], "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": str(rehearse_pod.REPO_ROOT)}
