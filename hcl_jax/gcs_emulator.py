@@ -35,7 +35,6 @@ through it; keep ``config.data_dir`` local in a rehearsal.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import tempfile

@@ -13,9 +13,9 @@ processes run in an empty scratch folder, so a workdir written to local disk
 by mistake (a folder named ``gs:``) is caught.
 
 ``--preempt one,all`` starts the run, sends SIGTERM to process 1 ("one") once
-a checkpoint is in the bucket, checks that every process exits 0 having saved
+it reports a training step, checks that every process exits 0 having saved
 the same step, starts it again (it must resume from that step), sends SIGTERM
-to every process ("all") after its next checkpoint, checks the same, and runs
+to every process ("all") once it trained a step further, checks the same, and runs
 it a last time to the end. Any sequence of "one" and "all" works. At the end it prints the bucket's contents, results.json and
 the final loss, and checks that the bucket holds checkpoints, metrics.jsonl,
 config.json, results.json, TensorBoard events and each process's log.
@@ -174,20 +174,24 @@ def checkpoint_steps(gcs: GcsEmulator, prefix: str) -> list[int]:
   return sorted({int(m.group(1)) for n in names if (m := pattern.match(n))})
 
 
+_PROGRESS_RE = re.compile(r"^step (\d+)/\d+ ", re.MULTILINE)
+
+
 def preempt_pod(pod: Pod, gcs: GcsEmulator, prefix: str, targets: Sequence[int], *,
                 timeout_s: float, after_step: int = 0) -> int:
-  """SIGTERM to ``targets`` once a checkpoint after ``after_step`` is in the
-  bucket; returns the step every process saved. Raises RehearsalError unless
-  every process exits 0 naming the same step."""
+  """SIGTERM to ``targets`` once process 0 reports a training step after
+  ``after_step`` (so the train loop, and its preemption guard, are running);
+  returns the step every process saved. Raises RehearsalError unless every
+  process exits 0 naming the same step, and that step is in the bucket."""
   deadline = time.monotonic() + timeout_s
-  while not [s for s in checkpoint_steps(gcs, prefix) if s > after_step]:
+  while not [int(s) for s in _PROGRESS_RE.findall(pod.output(0)) if int(s) > after_step]:
     if any(p.poll() is not None for p in pod.procs):
       wait_pod(pod, timeout_s=60)
-      raise RehearsalError("the run ended before its first checkpoint; nothing was preempted")
+      raise RehearsalError("the run ended before it reported a step; nothing was preempted")
     if time.monotonic() > deadline:
       kill_pod(pod)
-      raise RehearsalError("no checkpoint appeared in the bucket")
-    time.sleep(0.1)
+      raise RehearsalError(f"no training step after {after_step} within {timeout_s:.0f} s")
+    time.sleep(0.05)
   for index in targets:
     pod.procs[index].send_signal(signal.SIGTERM)
   codes = wait_pod(pod, timeout_s=max(60.0, deadline - time.monotonic()))
@@ -246,8 +250,8 @@ def run_pod(gcs: GcsEmulator, *, prefix: str, processes: int, devices_per_proces
   """One rehearsal: a run of gs://BUCKET/prefix, preempted and resumed as asked.
 
   ``preempt``: for each entry, "one" (SIGTERM to process 1) or "all" (to
-  every process), a run is started, preempted after its first new
-  checkpoint, and checked (every process exits 0, all saved the same step);
+  every process), a run is started, preempted once it trained a step past
+  the previous stop, and checked (every process exits 0, all saved the same step);
   then a last run resumes and finishes.
 
   Returns {"results", "final_step", "final_loss", "bucket", "stopped_at",
@@ -303,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="CPU devices per process (default 4)")
   parser.add_argument("--preempt", default="",
                       help="comma-separated cases, each 'one' (SIGTERM to process 1) or 'all' "
-                      "(to every process), sent after the run's next checkpoint; the run is "
+                      "(to every process), sent once the run trained a step; the run is "
                       "restarted after each, e.g. --preempt one,all")
   parser.add_argument("--timeout-s", type=float, default=900.0, help="per run (default 900)")
   parser.add_argument("--keep", default=None, help="folder to keep the processes' output in")
@@ -333,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"GCS emulator (fake-gcs-server) on {gcs.url}; workdir gs://{BUCKET}/run; "
             f"{args.processes} processes x {args.devices_per_process} CPU devices"
             + "".join(f"; then SIGTERM to {'process 1' if c == 'one' else 'every process'} "
-                      "after the next checkpoint, and a rerun" for c in preempt), flush=True)
+                      "during training, and a rerun" for c in preempt), flush=True)
       try:
         report = run_pod(gcs, prefix="run", processes=args.processes,
                          devices_per_process=args.devices_per_process, data_dir=data_dir,

@@ -124,8 +124,8 @@ def test_evaluation_same_on_2x4_and_1x8(gcs, reference, pod):
 
 
 def test_preemption_one_then_all_resumes_to_the_same_end(gcs, reference, pod):
-  """SIGTERM to process 1 after a checkpoint; rerun; SIGTERM to both after
-  the next; rerun to the end. Every time both processes save the same step
+  """SIGTERM to process 1 during training; rerun; SIGTERM to both once the
+  rerun trained a step; rerun to the end. Every time both processes save the same step
   and exit 0 (``run_pod`` checks it, and that each rerun resumed from it);
   the end is the uninterrupted run's: same final loss and results."""
   run = rehearse_pod.run_pod(gcs, prefix="preempted", processes=2, devices_per_process=4,
