@@ -180,6 +180,8 @@ def main(argv: list[str]) -> None:
   except (ValueError, distributed_lib.DistributedInitError) as e:
     sys.exit(f"error: {e}")
   with ProcessLog(_WORKDIR.value, info.process_index):
+    print(f"Process {info.process_index} of {info.process_count} ({info.mode}): "
+          f"{info.local_device_count} of {info.global_device_count} devices.", flush=True)
     try:
       train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as e:
