@@ -44,6 +44,7 @@ import jax
 __all__ = [
     "DistributedInfo",
     "DistributedInitError",
+    "wait_for_all_processes",
     "initialize_distributed",
     "is_cloud_tpu_vm",
     "cloud_tpu_worker_count",
@@ -300,3 +301,21 @@ def _call_initialize(timeout_s: int, kwargs: dict) -> None:
     detail = " ".join(str(e).split())[:400]
     raise DistributedInitError(
         f"jax.distributed.initialize ({where}) failed within {timeout_s} s: {detail}") from e
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 600) -> None:
+  """Blocks until every process reached ``wait_for_all_processes(name)``.
+
+  A coordination-service barrier, not a device collective. Why: on CPU, a
+  process that reaches its first cross-process collective more than 30 s
+  before another (one host slower to build its state) fails in gloo's
+  context set-up ("GetKeyValue() timed out"); this barrier, with a long
+  timeout, lines the processes up first. No-op on one process.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # the runtime's client
+  client = getattr(jax_distributed.global_state, "client", None)
+  if client is None:
+    return
+  client.wait_at_barrier(f"hcl_jax:{name}", timeout_in_ms=int(timeout_s * 1000))

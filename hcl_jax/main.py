@@ -89,6 +89,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   # The schedule inside the optimizer state does not depend on steps_per_epoch.
   state = train_step_lib.create_train_state(config, model, init_rng, mesh, image_shape)
 
+  # Orbax's set-up is the first cross-process collective: start it together.
+  distributed.wait_for_all_processes("before_checkpointer")
   ckpt = Checkpointer(workdir_fs.as_path(workdir) / "checkpoints", keep=config.keep_checkpoints,
                       save_every_steps=config.checkpoint_every_steps)
   start_step, rng = 0, jax.random.fold_in(init_rng, 1)

@@ -72,6 +72,7 @@ class Pod:
   """N processes of one hcl_jax.main run; ``logs[i]`` is process i's output file."""
   procs: list[subprocess.Popen]
   logs: list[pathlib.Path]
+  crash_seen: dict[int, float] = dataclasses.field(default_factory=dict)
 
   def output(self, index: int) -> str:
     return self.logs[index].read_text(errors="replace")
@@ -133,21 +134,39 @@ def start_pod(*, processes: int, devices_per_process: int, workdir: str, data_di
   return Pod(procs, logs)
 
 
+_CRASH_GRACE_S = 60.0
+
+
+def _crashed(pod: Pod) -> list[int]:
+  """Processes that printed a Python traceback but still run after a grace
+  period (JAX's exit handler can wait forever for the other processes)."""
+  now = time.monotonic()
+  crashed = []
+  for index, proc in enumerate(pod.procs):
+    if proc.poll() is None and "Traceback (most recent call last)" in pod.output(index):
+      first_seen = pod.crash_seen.setdefault(index, now)
+      if now - first_seen > _CRASH_GRACE_S:
+        crashed.append(index)
+  return crashed
+
+
 def wait_pod(pod: Pod, *, timeout_s: float) -> list[int]:
   """Exit codes of every process. Fails fast: when one process exits with
-  an error, the others (which would wait for it in a collective) are killed."""
+  an error (or prints a traceback and hangs), the others (which would wait
+  for it in a collective) are killed."""
   deadline = time.monotonic() + timeout_s
   try:
     while True:
       codes = [p.poll() for p in pod.procs]
       if all(c is not None for c in codes):
         return codes
-      failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+      failed = [i for i, c in enumerate(codes) if c not in (None, 0)] or _crashed(pod)
       if failed:
         time.sleep(5)  # let the others print their side of it
         kill_pod(pod)
         raise RehearsalError(
-            f"process {failed[0]} exited with {codes[failed[0]]}; the others were stopped. "
+            f"process {failed[0]} failed (exit code {codes[failed[0]]}; None: it printed a "
+            "traceback and hung); the others were stopped. "
             f"Its output ends:\n{pod.output(failed[0])[-4000:]}")
       if time.monotonic() > deadline:
         kill_pod(pod)
@@ -185,7 +204,7 @@ def preempt_pod(pod: Pod, gcs: GcsEmulator, prefix: str, targets: Sequence[int],
   process exits 0 naming the same step, and that step is in the bucket."""
   deadline = time.monotonic() + timeout_s
   while not [int(s) for s in _PROGRESS_RE.findall(pod.output(0)) if int(s) > after_step]:
-    if any(p.poll() is not None for p in pod.procs):
+    if any(p.poll() is not None for p in pod.procs) or _crashed(pod):
       wait_pod(pod, timeout_s=60)
       raise RehearsalError("the run ended before it reported a step; nothing was preempted")
     if time.monotonic() > deadline:
