@@ -36,7 +36,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
+
+from hcl_jax import workdir_fs
 
 _log = logging.getLogger(__name__)
 
@@ -137,10 +138,7 @@ class Checkpointer:
     if not isinstance(save_every_steps, int) or save_every_steps < 1:
       raise ValueError(
           f"save_every_steps must be an int >= 1, got {save_every_steps!r}")
-    directory = os.fspath(directory)
-    if "://" not in directory:
-      directory = os.path.abspath(directory)  # orbax wants absolute paths
-    self.directory = epath.Path(directory)
+    self.directory = workdir_fs.as_path(directory)  # absolute: orbax needs it
     self.keep = keep
     self.save_every_steps = save_every_steps
     self._manager = ocp.CheckpointManager(

@@ -33,6 +33,7 @@ import glob
 import logging
 import os
 import pathlib
+import sys
 import urllib.error
 import urllib.request
 from typing import Sequence
@@ -42,6 +43,8 @@ import jax
 
 __all__ = [
     "DistributedInfo",
+    "DistributedInitError",
+    "wait_for_all_processes",
     "initialize_distributed",
     "is_cloud_tpu_vm",
     "cloud_tpu_worker_count",
@@ -64,6 +67,13 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list(
     "Comma-separated local device ids this process uses, e.g. one GPU per "
     "process (env JAX_LOCAL_DEVICE_IDS). Default: all local devices.")
 
+_INIT_TIMEOUT_S = flags.DEFINE_integer(
+    "distributed_init_timeout_s", 120,
+    "How long jax.distributed.initialize waits for every process to join "
+    "before failing with a message naming the missing ones. JAX's own "
+    "default, 300 s, keeps healthy hosts waiting that long when one host's "
+    "process died at startup (e.g. a stale process held its TPU).")
+
 _ENV_COORDINATOR_ADDRESS = "JAX_COORDINATOR_ADDRESS"
 _ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 _ENV_PROCESS_ID = "JAX_PROCESS_ID"
@@ -73,6 +83,10 @@ _ENV_LOCAL_DEVICE_IDS = "JAX_LOCAL_DEVICE_IDS"
 _GOOGLE_PCI_VENDOR_ID = "0x1ae0"
 _METADATA_URL = ("http://metadata.google.internal/computeMetadata/v1/"
                  "instance/attributes/worker-network-endpoints")
+
+
+class DistributedInitError(RuntimeError):
+  """jax.distributed.initialize failed: some process did not join in time."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +174,7 @@ def initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
     local_device_ids: Sequence[int] | None = None,
-    initialization_timeout_s: int = 300,
+    initialization_timeout_s: int | None = None,
 ) -> DistributedInfo:
   """Starts JAX's multi-process runtime if this is a multi-process run.
 
@@ -174,7 +188,8 @@ def initialize_distributed(
     num_processes: total number of processes.
     process_id: this process's id, ``0 <= process_id < num_processes``.
     local_device_ids: the local devices this process drives (default all).
-    initialization_timeout_s: how long to wait for every process to join.
+    initialization_timeout_s: how long to wait for every process to join
+      (default ``--distributed_init_timeout_s``, 120 s).
 
   Returns:
     A DistributedInfo: mode ("explicit", "tpu" or "single"), process index
@@ -182,7 +197,15 @@ def initialize_distributed(
 
   Raises:
     ValueError: an incomplete or inconsistent explicit cluster specification.
+    DistributedInitError: not every process joined within the timeout, or
+      the coordinator could not be reached (one line naming the cause).
   """
+  if initialization_timeout_s is None:
+    initialization_timeout_s = _flag_value(_INIT_TIMEOUT_S) or _INIT_TIMEOUT_S.default
+  if (isinstance(initialization_timeout_s, bool)
+      or not isinstance(initialization_timeout_s, int) or initialization_timeout_s < 1):
+    raise ValueError(f"initialization_timeout_s={initialization_timeout_s!r} must be an int "
+                     ">= 1 (seconds).")
   coordinator_address = _pick(coordinator_address, _COORDINATOR_ADDRESS,
                               _ENV_COORDINATOR_ADDRESS)
   num_processes = _parse_int(
@@ -199,7 +222,7 @@ def initialize_distributed(
                                 local_device_ids, initialization_timeout_s)
   elif is_cloud_tpu_vm() and (cloud_tpu_worker_count() or 2) > 1:
     # A pod slice (or metadata we could not read: see cloud_tpu_worker_count).
-    jax.distributed.initialize(initialization_timeout=initialization_timeout_s)
+    _call_initialize(initialization_timeout_s, {})
     mode = "tpu"
   else:
     mode = "single"
@@ -250,11 +273,49 @@ def _initialize_explicit(coordinator_address: str | None,
   # Cross-process CPU collectives (psum over hosts) need an implementation;
   # gloo is the default in jax 0.10 but was not always.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(
+  _call_initialize(initialization_timeout_s, dict(
       coordinator_address=coordinator_address,
       num_processes=num_processes,
       process_id=process_id,
       local_device_ids=local_device_ids,
-      initialization_timeout=initialization_timeout_s,
-  )
+  ))
   return "explicit"
+
+
+def _call_initialize(timeout_s: int, kwargs: dict) -> None:
+  """jax.distributed.initialize, announced first with its deadline.
+
+  When a process does not join in time, JAX's C++ client ends this process
+  itself (a fatal "DEADLINE_EXCEEDED ... RegisterTask" log line, no Python
+  exception), so the line printed before it is what explains the wait.
+  """
+  where = (f"process {kwargs['process_id']} of {kwargs['num_processes']}, coordinator "
+           f"{kwargs['coordinator_address']}" if kwargs else "Cloud TPU pod slice")
+  print(f"jax.distributed.initialize ({where}): waiting up to {timeout_s} s for every "
+        "process to join; if this process then dies with DEADLINE_EXCEEDED, a host did "
+        "not start this run or exited first (see its log; e.g. a stale process held its "
+        "TPU). --distributed_init_timeout_s sets the wait.", file=sys.stderr, flush=True)
+  try:
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s)
+  except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError etc.)
+    detail = " ".join(str(e).split())[:400]
+    raise DistributedInitError(
+        f"jax.distributed.initialize ({where}) failed within {timeout_s} s: {detail}") from e
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 600) -> None:
+  """Blocks until every process reached ``wait_for_all_processes(name)``.
+
+  A coordination-service barrier, not a device collective. Why: on CPU, a
+  process that reaches its first cross-process collective more than 30 s
+  before another (one host slower to build its state) fails in gloo's
+  context set-up ("GetKeyValue() timed out"); this barrier, with a long
+  timeout, lines the processes up first. No-op on one process.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # the runtime's client
+  client = getattr(jax_distributed.global_state, "client", None)
+  if client is None:
+    return
+  client.wait_at_barrier(f"hcl_jax:{name}", timeout_in_ms=int(timeout_s * 1000))

@@ -53,6 +53,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hcl_jax import multihost
 from hcl_jax.losses import l2_normalize
 from hcl_jax.mesh import DATA_AXIS, batch_sharding, replicated
 
@@ -248,8 +249,9 @@ def knn_scores(train_features: Any, train_labels: Any, test_features: Any, *,
   if mesh is None:
     put_rep = put_rows = jnp.asarray
   else:
-    put_rep = functools.partial(jax.device_put, device=replicated(mesh))
-    put_rows = functools.partial(jax.device_put, device=batch_sharding(mesh))
+    # Bank and test rows are the same on every process (see extract_features).
+    put_rep = functools.partial(multihost.put_replicated, mesh=mesh)
+    put_rows = functools.partial(multihost.put_identical_rows, mesh=mesh)
   bank = put_rep(l2_normalize(jnp.asarray(train_features)))
   bank_labels = put_rep(train_labels)
   temperature_arr = put_rep(np.float32(temperature))
@@ -472,13 +474,13 @@ def train_linear_readout(train_features: Any, train_labels: Any, *, num_classes:
   features = jnp.asarray(train_features, dtype=jnp.float32)
   labels = jnp.asarray(train_labels)
   if mesh is not None:
-    put = functools.partial(jax.device_put, device=replicated(mesh))
+    put = functools.partial(multihost.put_replicated, mesh=mesh)
     params, opt_state, features, labels = put((params, opt_state, features, labels))
   epoch_fn = _cached_epoch_fn(learning_rate, weight_decay, batch_size, padded, mesh)
   for epoch in range(epochs):
     order = _epoch_permutation(seed, epoch, num_rows)
     if mesh is not None:
-      order = jax.device_put(order, replicated(mesh))
+      order = multihost.put_replicated(order, mesh)
     params, opt_state, loss = epoch_fn(params, opt_state, features, labels, order)
     if on_epoch_end is not None:
       on_epoch_end(epoch, float(loss))
@@ -505,12 +507,18 @@ def _to_host_batch(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np
 
 def _place_batch(images: np.ndarray, labels: np.ndarray, mask: np.ndarray,
                  mesh: Mesh | None) -> tuple[Any, Any, Any]:
-  """Pads a batch with masked rows to a multiple of the device count and shards it."""
+  """Pads a batch with masked rows to a multiple of the device count and shards it.
+
+  With several processes, each one's batch holds its own rows: the global batch
+  is their concatenation (each padded to a multiple of its local devices).
+  """
   if mesh is None:
     return images, labels, mask
-  rows = _round_up(images.shape[0], _num_devices(mesh))
+  devices = (multihost.local_device_count(mesh) if multihost.is_multiprocess(mesh)
+             else _num_devices(mesh))
+  rows = _round_up(images.shape[0], devices)
   images, labels, mask = (_pad_rows(a, rows) for a in (images, labels, mask))
-  return jax.device_put((images, labels, mask), batch_sharding(mesh))
+  return multihost.put_rows((images, labels, mask), mesh)
 
 
 def train_linear_readout_augmented(
@@ -564,7 +572,7 @@ def train_linear_readout_augmented(
         params = init_linear_readout(jax.random.PRNGKey(seed), feature_dim, num_classes)
         opt_state = readout_optimizer(learning_rate, weight_decay).init(params)
         if mesh is not None:
-          params, opt_state = jax.device_put((params, opt_state), replicated(mesh))
+          params, opt_state = multihost.put_replicated((params, opt_state), mesh)
       elif features.shape[1] != feature_dim:
         raise ValueError(f"encode_fn's feature dim changed from {feature_dim} to "
                          f"{features.shape[1]}.")
@@ -592,6 +600,7 @@ def linear_predict(params: Params, features: Any) -> np.ndarray:
   if features.shape[1] != kernel_shape[0]:
     raise ValueError(f"features must have the readout's feature dim {kernel_shape[0]}; "
                      f"got shape {tuple(features.shape)}.")
+  params = jax.device_get(params)  # replicated over a mesh, maybe over processes
   return np.asarray(_linear_predict_jit(params, jnp.asarray(features)))
 
 
@@ -621,10 +630,14 @@ def extract_features(encode_fn: Callable[[Array], Array],
       are dropped.
     mesh: if given, each batch is split over ``DATA_AXIS`` (padded with
       dropped rows to a multiple of the device count) before ``encode_fn``.
+      A mesh over several processes takes each process's own batches (its
+      part of the split) and returns every process's rows.
 
   Returns:
     (features [N, F] float32, labels [N] int32), host arrays, N = number of
-    unmasked rows, in iteration order.
+    unmasked rows, in iteration order; with several processes, the rows of
+    process 0, then of process 1, ... (``multihost.allgather_rows``), the
+    same arrays on every process.
   """
   all_features, all_labels = [], []
   for batch in batches:
@@ -635,12 +648,13 @@ def extract_features(encode_fn: Callable[[Array], Array],
     if len(features.shape) != 2 or features.shape[0] != placed[0].shape[0]:
       raise ValueError(f"encode_fn must map [b, ...] images to [b, F] features; got shape "
                        f"{tuple(features.shape)} for {placed[0].shape[0]} images.")
-    features = np.asarray(features, dtype=np.float32)[:num_rows]
+    features = multihost.local_rows(features).astype(np.float32)[:num_rows]
     all_features.append(features[mask])
     all_labels.append(labels[mask])
   if not all_features:
     raise ValueError("batches yielded no batch.")
-  return np.concatenate(all_features, axis=0), np.concatenate(all_labels, axis=0)
+  return multihost.allgather_rows(np.concatenate(all_features, axis=0),
+                                  np.concatenate(all_labels, axis=0))
 
 
 # ------------------------------------------------------- a trained encoder
@@ -666,8 +680,11 @@ def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> 
   from hcl_jax import data as data_lib  # TF only where evaluation needs it
 
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  encode_fn = jax.jit(lambda images: model.apply(
+  # Variables as an argument, not a closure: jit can't close over arrays that
+  # span other processes' devices.
+  encode = jax.jit(lambda variables, images: model.apply(
       variables, images, False, method=lambda module, x, train: module.encoder(x, train)))
+  encode_fn = functools.partial(encode, variables)
   num_classes = data_lib.DATASETS[config.dataset].num_classes
   ev = config.eval
 
@@ -701,12 +718,12 @@ def main(argv: list[str] | None = None) -> int:
   """
   import argparse
   import json
-  import os
 
   import ml_collections
 
   from hcl_jax import models
   from hcl_jax import train_step as train_step_lib
+  from hcl_jax import workdir_fs
   from hcl_jax.checkpointing import Checkpointer
   from hcl_jax.mesh import make_mesh
 
@@ -715,11 +732,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--readout", choices=("fast", "augmented"), default=None,
                       help="override config.eval.readout")
   args = parser.parse_args(argv)
-  config_path = os.path.join(args.workdir, "config.json")
-  if not os.path.exists(config_path):
+  workdir = workdir_fs.as_path(args.workdir)
+  config_path = workdir / "config.json"
+  if not config_path.exists():
     parser.error(f"{config_path} does not exist: is {args.workdir!r} a training run's workdir?")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(workdir_fs.read_json(config_path))
   if args.readout:
     config.eval.readout = args.readout
   from hcl_jax import config_check
@@ -732,14 +749,13 @@ def main(argv: list[str] | None = None) -> int:
   image_shape = (config.image_size, config.image_size, 3)
   template = train_step_lib.create_train_state(config, model, jax.random.key(config.seed), mesh,
                                                image_shape)
-  with Checkpointer(os.path.join(args.workdir, "checkpoints"), keep=config.keep_checkpoints,
+  with Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
                     save_every_steps=config.checkpoint_every_steps) as ckpt:
     restored = ckpt.restore_latest(template)
   if restored is None:
     parser.error(f"no readable checkpoint in {args.workdir}/checkpoints.")
   results = {**evaluate_encoder(config, model, restored.state, mesh), "step": restored.step}
-  with open(os.path.join(args.workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  workdir_fs.write_json(workdir / "results.json", results)
   print(json.dumps(results))
   return 0
 

@@ -5,18 +5,17 @@
 
 Everything the run writes goes to ``--workdir``: ``checkpoints/`` (orbax, the
 last ``keep_checkpoints``), ``metrics.jsonl``, TensorBoard events,
-``config.json`` and, at the end, ``results.json`` with the linear readout and
-kNN accuracies (in %) of the trained encoder and of the same encoder at its
-random initialisation. Started again with the same workdir, the run resumes
-from its latest readable checkpoint (state, step, data position and RNG) and
-ends exactly as a run that went straight through; SIGTERM (a TPU preemption)
-saves and exits 0.
+``config.json``, ``logs/process_<i>.log`` (each process's output) and, at the
+end, ``results.json`` with the linear readout and kNN accuracies (in %) of the
+trained encoder and of the same encoder at its random initialisation. The
+workdir may be local or ``gs://...`` (``hcl_jax.workdir_fs``). Started again
+with the same workdir, the run resumes from its latest readable checkpoint
+(state, step, data position and RNG) and ends exactly as a run that went
+straight through; SIGTERM (a TPU preemption) saves and exits 0.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from typing import Any
@@ -44,6 +43,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   from hcl_jax import evaluate
   from hcl_jax import models
   from hcl_jax import train_step as train_step_lib
+  from hcl_jax import workdir_fs
   from hcl_jax.checkpointing import Checkpointer, rng_from_list, rng_to_list
   from hcl_jax.mesh import make_mesh
   from hcl_jax.metrics_log import MetricLogger
@@ -59,7 +59,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   # The schedule inside the optimizer state does not depend on steps_per_epoch.
   state = train_step_lib.create_train_state(config, model, init_rng, mesh, image_shape)
 
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+  # Orbax's set-up is the first cross-process collective: start it together.
+  distributed.wait_for_all_processes("before_checkpointer")
+  ckpt = Checkpointer(workdir_fs.as_path(workdir) / "checkpoints", keep=config.keep_checkpoints,
                       save_every_steps=config.checkpoint_every_steps)
   start_step, rng = 0, jax.random.fold_in(init_rng, 1)
   restored = ckpt.restore_latest(state)
@@ -96,10 +98,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       ckpt.maybe_save(step, state, {"data_step": step, "rng": rng_to_list(rng)},
                       force=stopped or step == total_steps)
       if stopped:
-        logger.write(f"{guard.signal_name} received: checkpoint {step} saved, exiting.")
         break
-  ckpt.close()
+  ckpt.close()  # waits for the asynchronous save
   if stopped:
+    # Every process says so (each one's log is in WORKDIR/logs/).
+    message = f"{guard.stop_reason}: checkpoint {step} saved, exiting."
+    if is_main:
+      logger.write(message)
+    else:
+      print(message, flush=True)
     logger.close()
     return {"stopped_at_step": step}
 
@@ -118,8 +125,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       "wall_time_s": round(time.time() - start_time, 1),
   }
   if is_main:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    workdir_fs.write_json(workdir_fs.as_path(workdir) / "results.json", results)
   logger.log_evaluation(total_steps, {**trained, **{f"random_init_{k}": v
                                                     for k, v in initial.items()}})
   logger.write(
@@ -147,13 +153,24 @@ def main(argv: list[str]) -> None:
     # orbax and TFDS log every file they touch at INFO: keep the terminal for
     # the progress display (pass --verbosity=0 to see them).
     logging.set_verbosity(logging.WARNING)
-  distributed_lib.initialize_distributed()
+  from hcl_jax.process_log import ProcessLog
+
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:
-    # Config and data errors: one clear line, not a traceback.
-    logging.error("%s", e)
+    info = distributed_lib.initialize_distributed()
+  except (ValueError, distributed_lib.DistributedInitError) as e:
     sys.exit(f"error: {e}")
+  with ProcessLog(_WORKDIR.value, info.process_index):
+    print(f"Process {info.process_index} of {info.process_count} ({info.mode}): "
+          f"{info.local_device_count} of {info.global_device_count} devices.", flush=True)
+    try:
+      train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as e:
+      # Config and data errors: one clear line, not a traceback.
+      logging.error("%s", e)
+      error = e
+    else:
+      return
+  sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

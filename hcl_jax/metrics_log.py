@@ -1,20 +1,20 @@
 """Where the training run's numbers go: JSONL, TensorBoard, terminal.
 
-In ``workdir``:
+In ``workdir`` (a local folder or gs://..., all through ``hcl_jax.workdir_fs``):
 - ``config.json``, ``config.yaml``: the run's config, written on creation.
 - ``metrics.jsonl``: one JSON object per logged step, e.g.
   ``{"step": 120, "time": 1732871000.1, "epoch": 2, "loss": 5.12, ...}``.
-  Opened in append mode so a resumed run continues the file; lines of steps
-  after ``start_step`` (logged by the killed run after its last checkpoint,
+  A resumed run continues the file; lines of steps after ``start_step`` (logged by the killed run after its last checkpoint,
   so about to be redone) are dropped first, leaving one line per step.
   Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's json
   reads them back; strict JSON parsers do not).
 - ``events.out.tfevents.*``: TensorBoard scalars, one tag per metric, and
   the evaluation's accuracies as ``eval/*`` (``log_evaluation``).
-  Written with TensorFlow's core ``tf.summary.write`` (the ``tensorboard``
-  package, which ``tf.summary.scalar`` needs, is not a dependency; it is
-  only needed to view the files: ``pip install hcl_jax[tensorboard]``). TensorFlow is imported on first use and
-  told to leave GPUs alone (JAX owns the accelerator).
+  The records ``tf.summary.scalar`` writes (TensorFlow's Event protos in
+  TFRecord framing; the ``tensorboard`` package is only needed to view
+  them), written by this module through the workdir layer.
+- Growing files are rewritten at most every ``flush_every_s`` seconds and
+  on ``close()`` (object stores have no append).
 
 On the terminal: a tqdm bar with ETA when stderr is a TTY, else one plain
 line per ``log`` call (``step 120/900 (13%) loss 5.12 ... 410 img/s ETA
@@ -27,15 +27,21 @@ is then a no-op, so callers need no ``if``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import socket
+import struct
 import sys
 import time
 from typing import Any, Mapping, TextIO
 
 import jax
 import numpy as np
+from etils import epath
+
+from hcl_jax import workdir_fs
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_JSON = "config.json"
@@ -86,69 +92,121 @@ def _format_value(value: Any) -> str:
 def save_config(workdir: str | os.PathLike, config: Any) -> None:
   """Writes ``config`` (ml_collections ConfigDict or plain dict) to
   ``workdir/config.json`` and, for a ConfigDict, ``workdir/config.yaml``."""
-  os.makedirs(workdir, exist_ok=True)
+  workdir = workdir_fs.as_path(workdir)
   if hasattr(config, "to_json_best_effort"):
     text = config.to_json_best_effort(indent=2, sort_keys=True)
   else:
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
-  _write_atomically(os.path.join(workdir, CONFIG_JSON), text + "\n")
+  workdir_fs.write_text(workdir / CONFIG_JSON, text + "\n")
   if hasattr(config, "to_yaml"):
-    _write_atomically(os.path.join(workdir, CONFIG_YAML), config.to_yaml())
+    workdir_fs.write_text(workdir / CONFIG_YAML, config.to_yaml())
 
 
-def _write_atomically(path: str, text: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def _drop_lines_after(path: str, start_step: int) -> None:
-  """Keeps only the JSONL lines with ``step <= start_step``; a line cut
-  short by a kill (not valid JSON) is dropped too."""
-  if not os.path.exists(path):
-    return
+def _lines_up_to(path: epath.Path, start_step: int) -> str:
+  """The JSONL lines of ``path`` with ``step <= start_step``; a line cut short
+  by a kill (not valid JSON) is dropped too."""
+  if not path.exists():
+    return ""
   kept = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line half-written when the process was killed
-      if isinstance(record, dict) and record.get("step", 0) <= start_step:
-        kept.append(line if line.endswith("\n") else line + "\n")
-  _write_atomically(path, "".join(kept))
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line half-written when the process was killed
+    if isinstance(record, dict) and record.get("step", 0) <= start_step:
+      kept.append(line + "\n")
+  return "".join(kept)
+
+
+def _crc32c_table() -> list[int]:
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    table.append(crc)
+  return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+_EVENT_FILE_IDS = itertools.count()  # unique names within a process and second
+
+
+def _masked_crc32c(data: bytes) -> int:
+  """TFRecord's checksum: CRC-32C (Castagnoli), rotated and offset."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _tfrecord(data: bytes) -> bytes:
+  length = struct.pack("<Q", len(data))
+  return (length + struct.pack("<I", _masked_crc32c(length)) + data
+          + struct.pack("<I", _masked_crc32c(data)))
 
 
 class _TensorBoardScalars:
-  """Scalar summaries via TensorFlow's core summary API (no tensorboard pkg)."""
+  """TensorBoard scalar event files written through the workdir layer.
 
-  def __init__(self, logdir: str):
+  tf.summary's writer goes through TensorFlow's own file system, which
+  cannot be pointed at a GCS emulator; these are the same records (Event
+  protos in TFRecord framing, the "scalars" plugin's metadata), kept in
+  memory and rewritten whole (``workdir_fs.RewrittenFile``). A file is
+  closed at ``_MAX_EVENT_FILE_BYTES`` and a new one started, so a long run
+  never re-uploads more than that; TensorBoard reads every events file of
+  the directory.
+  """
+
+  _MAX_EVENT_FILE_BYTES = 1 << 20
+
+  def __init__(self, logdir: epath.Path, *, flush_every_s: float):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
     from tensorflow.core.framework import summary_pb2
-    try:
-      tf.config.set_visible_devices([], "GPU")  # JAX owns the accelerator
-    except RuntimeError:
-      pass  # TF was initialised elsewhere already; nothing to do then
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(logdir)
+    from tensorflow.core.framework import tensor_pb2
+    from tensorflow.core.framework import tensor_shape_pb2
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.util import event_pb2
+    self._pb = (summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2, event_pb2)
+    self._logdir = logdir
+    self._flush_every_s = flush_every_s
+    self._file: workdir_fs.RewrittenFile | None = None
     # What tensorboard's tf.summary.scalar attaches: the "scalars" plugin.
     self._metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
             plugin_name="scalars", content=b""),
         data_class=summary_pb2.DATA_CLASS_SCALAR)
 
+  def _event_file(self) -> workdir_fs.RewrittenFile:
+    if self._file is not None and self._file.size < self._MAX_EVENT_FILE_BYTES:
+      return self._file
+    if self._file is not None:
+      self._file.close()
+    event_pb2 = self._pb[4]
+    now = time.time()
+    name = (f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(_EVENT_FILE_IDS)}.v2")
+    first = event_pb2.Event(wall_time=now, file_version="brain.Event:2")
+    self._file = workdir_fs.RewrittenFile(self._logdir / name,
+                                          initial=_tfrecord(first.SerializeToString()),
+                                          flush_every_s=self._flush_every_s)
+    return self._file
+
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    tf = self._tf
-    with self._writer.as_default():
-      for name, value in scalars.items():
-        tf.summary.write(name, tf.constant(value, tf.float32), step=step,
-                         metadata=self._metadata)
-    self._writer.flush()
+    summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2, event_pb2 = self._pb
+    values = [summary_pb2.Summary.Value(
+        tag=name, metadata=self._metadata,
+        tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[value],
+                                      tensor_shape=tensor_shape_pb2.TensorShapeProto()))
+              for name, value in scalars.items()]
+    event = event_pb2.Event(wall_time=time.time(), step=step,
+                            summary=summary_pb2.Summary(value=values))
+    self._event_file().append(_tfrecord(event.SerializeToString()))
 
   def close(self) -> None:
-    self._writer.close()
+    if self._file is not None:
+      self._file.close()
 
 
 class MetricLogger:
@@ -158,7 +216,7 @@ class MetricLogger:
                config: Any = None, start_step: int = 0,
                batch_size: int | None = None, is_main_process: bool = True,
                tensorboard: bool = True, progress: str = "auto",
-               stream: TextIO | None = None):
+               stream: TextIO | None = None, flush_every_s: float = 10.0):
     """Args:
       workdir: the run's directory (created if missing).
       total_steps: the step count of the whole run (for % and ETA).
@@ -173,13 +231,16 @@ class MetricLogger:
       progress: "auto" (bar if stderr is a TTY, else lines), "bar",
         "lines" or "none".
       stream: where plain lines go (default: sys.stdout at call time).
+      flush_every_s: metrics.jsonl and the TensorBoard events are rewritten
+        in the workdir at most this often, and on ``close()`` (see
+        ``workdir_fs.RewrittenFile``).
     """
     if total_steps < 1:
       raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if progress not in ("auto", "bar", "lines", "none"):
       raise ValueError(f"progress must be auto|bar|lines|none, got "
                        f"{progress!r}")
-    self.workdir = os.fspath(workdir)
+    self.workdir = workdir_fs.as_path(workdir)
     self.total_steps = total_steps
     self.batch_size = batch_size
     self.enabled = is_main_process
@@ -192,14 +253,16 @@ class MetricLogger:
     self._first_logged: tuple[int, float] | None = None
     if not self.enabled:
       return
-    os.makedirs(self.workdir, exist_ok=True)
+    self.workdir.mkdir(parents=True, exist_ok=True)
     if config is not None:
       save_config(self.workdir, config)
-    path = os.path.join(self.workdir, METRICS_FILE)
-    _drop_lines_after(path, start_step)
-    self._jsonl = open(path, "a", encoding="utf-8")
+    path = self.workdir / METRICS_FILE
+    self._jsonl = workdir_fs.RewrittenFile(
+        path, initial=_lines_up_to(path, start_step).encode("utf-8"),
+        flush_every_s=flush_every_s)
+    self._jsonl.flush()
     if tensorboard:
-      self._tb = _TensorBoardScalars(self.workdir)
+      self._tb = _TensorBoardScalars(self.workdir, flush_every_s=flush_every_s)
     if progress == "auto":
       progress = "bar" if sys.stderr.isatty() else "lines"
     self._mode = progress
@@ -223,8 +286,7 @@ class MetricLogger:
           (step - self._last_step) * self.batch_size
           / max(now - self._last_time, 1e-9))
     record = {"step": int(step), "time": round(now, 3), **values}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    self._jsonl.append(json.dumps(record) + "\n")
     if self._tb is not None:
       self._tb.write(int(step), {
           k: float(v) for k, v in values.items()

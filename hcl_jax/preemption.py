@@ -72,6 +72,8 @@ class PreemptionGuard:
     self._received: int | None = None
     self._old_handlers: dict[int, Any] = {}
     self._use_sync_service = False
+    self._synced_stop = False
+    self._other_process_stop = False
 
   # -- state -------------------------------------------------------------------
 
@@ -86,6 +88,23 @@ class PreemptionGuard:
     return None if self._received is None else signal.Signals(
         self._received).name
 
+  @property
+  def stop_reason(self) -> str | None:
+    """What made ``should_stop_at`` return True, for the log; None before.
+
+    "SIGTERM received" when this process's handler saw the signal; under
+    JAX's preemption service (multi-host), which catches the signal itself
+    and tells every host, "preemption notice from JAX's preemption service".
+    """
+    if self._synced_stop:
+      return ("Preemption notice from JAX's preemption service (SIGTERM or a "
+              "maintenance event on at least one host) received")
+    if self._received is not None:
+      return f"{self.signal_name} received"
+    if self._other_process_stop:
+      return "SIGTERM received by another process"
+    return None
+
   def should_stop_at(self, step: int) -> bool:
     """Whether every process should save and stop after ``step``.
 
@@ -96,9 +115,11 @@ class PreemptionGuard:
       return self.should_stop
     from jax.experimental import multihost_utils
     if self._use_sync_service:
-      return bool(multihost_utils.reached_preemption_sync_point(step))
+      self._synced_stop = bool(multihost_utils.reached_preemption_sync_point(step))
+      return self._synced_stop
     flags = multihost_utils.process_allgather(np.asarray(self.should_stop))
-    return bool(np.any(flags))
+    self._other_process_stop = bool(np.any(flags))
+    return self._other_process_stop
 
   # -- context manager ---------------------------------------------------------
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -39,6 +38,8 @@ import statistics
 import subprocess
 import sys
 from typing import Any, Mapping, Sequence
+
+from hcl_jax import workdir_fs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = "workdirs/reproduce"
@@ -165,10 +166,8 @@ def run_workdir(root: str, table: str, cell: Cell, seed: int) -> str:
 
 
 def run_status(workdir: str) -> str:
-  """done (results.json), resume (a checkpoint exists) or new."""
-  if _is_remote(workdir):
-    return "new"   # not looked up; main decides when it starts
-  path = pathlib.Path(workdir)
+  """done (results.json), resume (a checkpoint exists) or new; local or gs://."""
+  path = workdir_fs.as_path(workdir)
   if (path / RESULTS_FILE).is_file():
     return "done"
   checkpoints = path / CHECKPOINT_DIR
@@ -184,8 +183,10 @@ def cell_flags(cell: Cell, seed: int) -> list[str]:
 
 def plan_runs(table: str, *, seeds: int, root: str = DEFAULT_ROOT,
               epochs: int | None = None, extra: Sequence[str] = (),
-              python: str = sys.executable) -> list[Run]:
-  """Every cell x seed of ``table``, cell-major, with its command and status."""
+              python: str = sys.executable, look_up_status: bool = True) -> list[Run]:
+  """Every cell x seed of ``table``, cell-major, with its command and status
+  (read from the workdirs, local or gs://; "new" for all without
+  ``look_up_status``)."""
   _check_table(table)
   if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
     raise ValueError(f"seeds={seeds!r}: must be an int >= 1.")
@@ -207,7 +208,7 @@ def plan_runs(table: str, *, seeds: int, root: str = DEFAULT_ROOT,
         argv.append(f"--config.num_epochs={epochs}")
       argv += list(extra)
       runs.append(Run(table, cell, seed, workdir, config, tuple(argv),
-                      run_status(workdir)))
+                      run_status(workdir) if look_up_status else "new"))
   return runs
 
 
@@ -259,11 +260,10 @@ def tpu_commands(run: Run, *, zone: str, accelerator_type: str = "v4-8",
 
 def read_results(workdir: str | os.PathLike) -> dict[str, Any] | None:
   """The run's results.json, or None when it has not finished."""
-  path = pathlib.Path(workdir) / RESULTS_FILE
+  path = workdir_fs.as_path(workdir) / RESULTS_FILE
   if not path.is_file():
     return None
-  with path.open() as f:
-    return json.load(f)
+  return workdir_fs.read_json(path)
 
 
 def collect_results(root: str | os.PathLike, table: str,
@@ -275,7 +275,7 @@ def collect_results(root: str | os.PathLike, table: str,
   folder name when the file lacks it). Cells with no finished run map to [].
   """
   _check_table(table)
-  root = pathlib.Path(root)
+  root = workdir_fs.as_path(root)
   collected: dict[str, list[dict[str, Any]]] = {}
   for cell in CELLS:
     cell_dir = root / table / cell.name
@@ -546,7 +546,7 @@ def _run_all(runs: Sequence[Run]) -> tuple[list[Run], bool]:
       verb = "resuming" if run.status == "resume" else "starting"
       print(f"[reproduce] {verb} run {i}/{len(runs)}: {run.cell.name} seed{run.seed}\n"
             f"[reproduce] {shlex.join(run.argv)}", file=sys.stderr, flush=True)
-      pathlib.Path(run.workdir).mkdir(parents=True, exist_ok=True)
+      workdir_fs.as_path(run.workdir).mkdir(parents=True, exist_ok=True)
       # In a source tree the configs/ paths are relative to its root; after a
       # plain install main finds them among the shipped configs.
       cwd = REPO_ROOT if (REPO_ROOT / "configs").is_dir() else None
@@ -587,7 +587,8 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     return 0
 
   runs = plan_runs(args.table, seeds=args.seeds or 1, root=args.workdir,
-                   epochs=args.epochs, extra=args.extra)
+                   epochs=args.epochs, extra=args.extra,
+                   look_up_status=not args.tpu_commands)  # commands only: no bucket access
   error = check_configs(runs)
   if error:
     print(f"error: {error}", file=sys.stderr)

@@ -119,10 +119,21 @@ def test_pretrain_deterministic_resume_and_reshuffle(config):
 def test_pretrain_per_process(config):
   a = make_pretrain_dataset(config, process_index=0, process_count=2)
   b = make_pretrain_dataset(config, process_index=1, process_count=2)
-  assert a.local_batch_size == 128 and a.steps_per_epoch == (1437 // 2) // 128
+  assert a.local_batch_size == 128 and a.steps_per_epoch == 1437 // 256
   ba, bb = _take(a.dataset, 1)[0], _take(b.dataset, 1)[0]
   assert ba["view1"].shape == (128, 8, 8, 3)
   assert not np.array_equal(ba["view1"], bb["view1"])
+  # Together the processes' batches are the single-process run's global
+  # batches, images and augmentations alike (also after a resume).
+  whole = make_pretrain_dataset(config)
+  for start in (0, 6):
+    parts = [_take(make_pretrain_dataset(config, start_step=start, process_index=p,
+                                         process_count=2).dataset, 2) for p in (0, 1)]
+    _assert_batches_equal(
+        [{k: np.concatenate([parts[0][i][k], parts[1][i][k]]) for k in parts[0][i]}
+         for i in range(2)],
+        _take(make_pretrain_dataset(config, start_step=start).dataset, 2))
+  assert whole.steps_per_epoch == a.steps_per_epoch
   with pytest.raises(ValueError, match="batch_size=256"):
     make_pretrain_dataset(config, process_index=0, process_count=3)
   config.batch_size = 4096

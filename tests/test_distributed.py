@@ -118,7 +118,7 @@ def test_tpu_pod_slice_initialises_without_arguments(fake_initialize,
   monkeypatch.setattr(distributed, "is_cloud_tpu_vm", lambda: True)
   monkeypatch.setattr(distributed, "cloud_tpu_worker_count", lambda: 4)
   assert distributed.initialize_distributed().mode == "tpu"
-  assert fake_initialize == [dict(initialization_timeout=300)]
+  assert fake_initialize == [dict(initialization_timeout=120)]
 
 
 def test_tpu_with_unreadable_metadata_assumes_a_pod_slice(fake_initialize,

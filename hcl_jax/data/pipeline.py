@@ -9,21 +9,23 @@ Pre-training::
 ``data.dataset`` yields host-local numpy batches, forever:
 {"view1", "view2": float32 [b, S, S, 3], "label": int64 [b]} with b =
 config.batch_size / process_count and S = config.image_size. "label" is for
-monitoring only (-1 for STL-10's unlabelled images). Each process reads its
-own 1/process_count of the split (``tfds.split_for_jax_process``, remainder
-dropped).
+monitoring only (-1 for STL-10's unlabelled images).
 
-Determinism and resume. Epoch e uses the host's examples shuffled with a seed
-derived from (config.seed, e, process); the first steps_per_epoch * b are used
-(drop remainder), so steps_per_epoch = (examples per host) // b, equal on all
-hosts. The example at position p of epoch e gets views augmented with seeds
-derived from (config.seed, process, e, p, view). Hence step s is batch
+The same global batches whatever the number of processes. Epoch e shuffles
+the whole split with a seed derived from (config.seed, e); its first
+steps_per_epoch * B examples are used (drop remainder; B = config.batch_size,
+steps_per_epoch = examples // B). Global batch s of the epoch is positions
+[s * B, (s + 1) * B); process i keeps its rows [i * b, (i + 1) * b) of each
+(every process reads the split, and skips the others' rows before
+augmenting them). The example at position p of epoch e gets views augmented
+with seeds derived from (config.seed, e, p, view). So 2 processes x 4
+devices train on exactly the batches of 1 process x 8, and step s is batch
 s % steps_per_epoch of epoch s // steps_per_epoch, whatever step the run
 started at: ``start_step=k`` yields exactly the batches a run started at 0
 yields from step k on (the skipped examples are read but not augmented).
 The shuffle uses tf.data's seeded shuffle with a buffer of
-min(config.data.shuffle_buffer, examples per host); a buffer at least that size
-is a uniform shuffle. Don't call ``tf.random.set_seed``: it changes the streams.
+min(config.data.shuffle_buffer, examples); a buffer at least that size is a
+uniform shuffle. Don't call ``tf.random.set_seed``: it changes the streams.
 
 Readout and kNN::
 
@@ -159,27 +161,31 @@ def make_pretrain_dataset(config, *, start_step: int = 0, process_index: int | N
   spec = sources.get_spec(config.dataset)
   builder = sources.load_builder(config)
   local_batch = _local_batch(config.batch_size, count)
-  split = sources.host_split(spec.pretrain_split, index, count, drop_remainder=True)
-  local_examples = sources.num_examples(builder, split)
-  steps_per_epoch = local_examples // local_batch
+  global_batch = local_batch * count
+  num_examples = sources.num_examples(builder, spec.pretrain_split)
+  steps_per_epoch = num_examples // global_batch
   if steps_per_epoch < 1:
     raise ValueError(
-        f"batch_size={config.batch_size!r}: larger than the {local_examples * count} "
+        f"batch_size={config.batch_size!r}: larger than the {num_examples} "
         f"examples of {config.dataset!r}/{spec.pretrain_split}.")
   size = int(config.image_size)
   mean, std = tuple(data_option(config, "mean")), tuple(data_option(config, "std"))
-  buffer = max(1, min(int(data_option(config, "shuffle_buffer")), local_examples))
+  buffer = max(1, min(int(data_option(config, "shuffle_buffer")), num_examples))
   seed = int(config.seed)
-  examples = sources.read(builder, split)
+  examples = sources.read(builder, spec.pretrain_split)
 
   def epoch_examples(epoch):
-    ds = examples.shuffle(buffer, seed=_shuffle_seed(seed, _SHUFFLE, index, epoch),
+    # The 0s stand where a process index was folded in; they keep the
+    # single-process stream what it always was.
+    ds = examples.shuffle(buffer, seed=_shuffle_seed(seed, _SHUFFLE, 0, epoch),
                           reshuffle_each_iteration=False)
-    ds = ds.take(steps_per_epoch * local_batch).enumerate()
+    ds = ds.take(steps_per_epoch * global_batch).enumerate()
+    if count > 1:
+      ds = ds.filter(lambda position, ex: (position % global_batch) // local_batch == index)
     return ds.map(lambda position, ex: (epoch, position, ex))
 
   def two_views(epoch, position, ex):
-    key = _key(seed, _PRETRAIN, index, epoch, position)
+    key = _key(seed, _PRETRAIN, 0, epoch, position)
     views = {f"view{v}": aug.train_view(ex["image"], aug.fold_in(key, v), config.augment,
                                         size=size, mean=mean, std=std)
              for v in (1, 2)}
@@ -192,7 +198,7 @@ def make_pretrain_dataset(config, *, start_step: int = 0, process_index: int | N
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(_options(config))
   return PretrainData(dataset=ds, steps_per_epoch=steps_per_epoch,
-                      num_examples=sources.num_examples(builder, spec.pretrain_split),
+                      num_examples=num_examples,
                       image_shape=(size, size, 3), local_batch_size=local_batch)
 
 
