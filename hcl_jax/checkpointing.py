@@ -350,7 +350,8 @@ class Checkpointer:
       saved = json.loads((self.directory / str(step) / STATE_ITEM / "_METADATA").read_text())
       saved = {tuple(str(k["key"]) for k in v["key_metadata"]):
                v["value_metadata"].get("write_shape")
-               for v in saved["tree_metadata"].values()}
+               for v in saved["tree_metadata"].values()
+               if not v["value_metadata"].get("skip_deserialize")}  # empty nodes
     except Exception:  # pylint: disable=broad-except
       return None
     wanted = {}

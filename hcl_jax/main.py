@@ -182,6 +182,9 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
         if stopped:
           break
       ckpt.close()  # inside the guard: a signal while the last save lands waits for it
+    # Join tf.data's threads now, while the interpreter is whole, rather than
+    # in its teardown (see run_guard.exit_now).
+    del batches
   except divergence.Diverged as e:
     ckpt.close()
     logger.write(f"error: {e}")
@@ -256,8 +259,8 @@ def main(argv: list[str]) -> None:
     # orbax and TFDS log every file they touch at INFO: keep the terminal for
     # the progress display (pass --verbosity=0 to see them).
     logging.set_verbosity(logging.WARNING)
-  distributed_lib.initialize_distributed()
-  with run_guard.one_line_errors(_WORKDIR.value):
+  with run_guard.one_line_errors(_WORKDIR.value, hard_exit=True):
+    distributed_lib.initialize_distributed()
     results = train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                  allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   run_guard.exit_now(130 if results.get("signal") == "SIGINT" else 0)
