@@ -185,9 +185,8 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
     # Join tf.data's threads now, while the interpreter is whole, rather than
     # in its teardown (see run_guard.exit_now).
     del batches
-  except divergence.Diverged as e:
-    ckpt.close()
-    logger.write(f"error: {e}")
+  except divergence.Diverged:
+    ckpt.close()  # pending saves are of good steps; main prints the one line
     logger.close()
     raise
   if stopped:
