@@ -132,60 +132,36 @@ def main():
   parser.add_argument("--exit-runs", type=int, default=14)
   parser.add_argument("--kills", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--reuse", action="store_true",
+                      help="keep --out's data and straight run from an earlier sweep")
   args = parser.parse_args()
   random.seed(args.seed)
   out = args.out
-  shutil.rmtree(out, ignore_errors=True)
-  os.makedirs(out)
+  straight = os.path.join(out, "straight")
   data_dir = os.path.join(out, "data")
+  reuse = args.reuse and os.path.exists(os.path.join(straight, "results.json"))
+  if reuse:
+    for name in os.listdir(out):
+      if name not in ("data", "straight", "straight.log"):
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  else:
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
   sys.path.insert(0, ROOT)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from hcl_jax.data import digits as digits_lib
   digits_lib.digits_builder(data_dir, 8)
 
   # Reference.
-  straight = os.path.join(out, "straight")
-  t0 = time.time()
-  rc, log = run(data_dir, straight, straight + ".log")
-  straight_time = time.time() - t0
+  if reuse:
+    rc = 0
+    record("straight run", "rc 0", "reused from an earlier sweep", True)
+  else:
+    t0 = time.time()
+    rc, log = run(data_dir, straight, straight + ".log")
+    record("straight run", "rc 0", f"rc {rc}, {time.time() - t0:.0f}s", rc == 0)
   ref = state_hash(straight, STEPS) if rc == 0 else None
-  record("straight run", "rc 0", f"rc {rc}, {straight_time:.0f}s", rc == 0)
-
-  # kill -9 at random moments, then rerun.
-  for i in range(args.kills):
-    w = os.path.join(out, f"kill{i}")
-    p = launch(data_dir, w, w + ".log1")
-    while not steps(w) and p.poll() is None:
-      time.sleep(0.05)
-    time.sleep(random.uniform(0, 8))
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    at = steps(w)[-1] if steps(w) else 0
-    rc, log = run(data_dir, w, w + ".log2")
-    same = rc == 0 and state_hash(w, STEPS) == ref
-    record(f"kill -9 #{i + 1} (last checkpoint {at}), rerun", "rc 0, bit-equal",
-           f"rc {rc}, {'bit-equal' if same else 'DIFFERENT'}", same)
-
-  # Corruptions of the newest checkpoint of a finished run.
-  for kind in ("garbled", "truncated"):
-    w = os.path.join(out, kind)
-    shutil.copytree(straight, w)
-    os.remove(os.path.join(w, "results.json"))
-    for name in glob.glob(os.path.join(w, "checkpoints", str(STEPS), "state", "**", "d", "*"),
-                          recursive=True):
-      data = bytearray(open(name, "rb").read())
-      if kind == "garbled":
-        data[::97] = bytes(b ^ 0x5A for b in data[::97])
-      else:
-        data = data[:len(data) // 2]
-      open(name, "wb").write(bytes(data))
-    rc, log = run(data_dir, w, w + ".log")
-    warnings = log.count("is unreadable")
-    noise = log.count("Event loop is closed")
-    same = rc == 0 and state_hash(w, STEPS) == ref
-    record(f"{kind} newest checkpoint", "rc 0, 1 warning, no noise, bit-equal",
-           f"rc {rc}, {warnings} warning(s), {noise} noise lines, "
-           f"{'bit-equal' if same else 'DIFFERENT'}", same and warnings == 1 and noise == 0)
 
   # Full disk / read-only on a small tmpfs.
   mnt = os.path.join(out, "mnt")
@@ -269,6 +245,42 @@ def main():
   record("SIGTERM in evaluation, rerun", "rc 75 + one line; rerun rc 0",
          f"rc {rc}: {last_line(log)[:80]}...; rerun rc {rc2}",
          rc == 75 and rc2 == 0 and os.path.exists(os.path.join(w, "results.json")))
+
+  # kill -9 at random moments, then rerun.
+  for i in range(args.kills):
+    w = os.path.join(out, f"kill{i}")
+    p = launch(data_dir, w, w + ".log1")
+    while not steps(w) and p.poll() is None:
+      time.sleep(0.05)
+    time.sleep(random.uniform(0, 8))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    at = steps(w)[-1] if steps(w) else 0
+    rc, log = run(data_dir, w, w + ".log2")
+    same = rc == 0 and state_hash(w, STEPS) == ref
+    record(f"kill -9 #{i + 1} (last checkpoint {at}), rerun", "rc 0, bit-equal",
+           f"rc {rc}, {'bit-equal' if same else 'DIFFERENT'}", same)
+
+  # Corruptions of the newest checkpoint of a finished run.
+  for kind in ("garbled", "truncated"):
+    w = os.path.join(out, kind)
+    shutil.copytree(straight, w)
+    os.remove(os.path.join(w, "results.json"))
+    for name in glob.glob(os.path.join(w, "checkpoints", str(STEPS), "state", "**", "d", "*"),
+                          recursive=True):
+      data = bytearray(open(name, "rb").read())
+      if kind == "garbled":
+        data[::97] = bytes(b ^ 0x5A for b in data[::97])
+      else:
+        data = data[:len(data) // 2]
+      open(name, "wb").write(bytes(data))
+    rc, log = run(data_dir, w, w + ".log")
+    warnings = log.count("is unreadable")
+    noise = log.count("Event loop is closed")
+    same = rc == 0 and state_hash(w, STEPS) == ref
+    record(f"{kind} newest checkpoint", "rc 0, 1 warning, no noise, bit-equal",
+           f"rc {rc}, {warnings} warning(s), {noise} noise lines, "
+           f"{'bit-equal' if same else 'DIFFERENT'}", same and warnings == 1 and noise == 0)
 
   # Exit codes of complete runs with the real evaluation.
   codes = []

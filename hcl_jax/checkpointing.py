@@ -18,6 +18,10 @@ opens the directory. A checkpoint that is listed but can't be read back
 reported with a warning naming its step, renamed to
 ``<step>.unreadable-<unix time>`` so that later saves of that step number and
 orbax's retention are not confused by it, and the previous one is used.
+"Unreadable" means corrupt: an intact checkpoint whose tree or shapes differ
+from the template (another model) raises ``IncompatibleCheckpoint`` and is
+left alone, and a ``read_only`` Checkpointer (``evaluate``) never renames,
+cleans up or saves anything.
 
 Saving is asynchronous by default: ``maybe_save`` returns once the arrays are
 copied to host memory (so the caller may donate or delete them right away),
