@@ -166,6 +166,7 @@ class Checkpointer:
           enable_async_checkpointing=async_save,
       )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    _quiet_closed_loop_errors().__enter__()  # failed saves print the same noise
 
   # -- queries ---------------------------------------------------------------
 
@@ -379,9 +380,9 @@ class IncompatibleCheckpoint(ValueError):
 
 
 class _quiet_closed_loop_errors:
-  """Drops the "Event loop is closed" tracebacks of a failed restore.
+  """Drops the "Event loop is closed" tracebacks of a failed restore or save.
 
-  When one array of a restore fails, orbax closes its asyncio loop while
+  When one array of a restore (or save) fails, orbax closes its asyncio loop while
   TensorStore still completes the other reads; each completion then prints a
   RuntimeError traceback (thousands of lines for a big state) through
   ``sys.excepthook`` / ``sys.unraisablehook``. Those carry no information

@@ -412,6 +412,19 @@ def exit_on_signals_outside_training() -> None:
     signal.signal(signum, handler)
 
 
+def _tensorstore_os_error(e: BaseException) -> str | None:
+  """``PATH: cause`` of a TensorStore I/O error (orbax's arrays), e.g.
+  ``ValueError: RESOURCE_EXHAUSTED: Error writing local file "P": ... [os_error_code='28']``."""
+  import re
+  text = str(e)
+  code = re.search(r"os_error_code='?(\d+)", text)
+  path = re.search(r'local file "([^"]+)"', text)
+  if code is None:
+    return None
+  where = path.group(1) if path else "the checkpoint directory"
+  return f"{where}: {os.strerror(int(code.group(1)))}"
+
+
 def _os_error_in(e: BaseException) -> OSError | None:
   seen = set()
   while e is not None and id(e) not in seen:
@@ -456,6 +469,9 @@ class one_line_errors:
     os_error = _os_error_in(exc)
     if os_error is not None:
       self._exit(f"error: {os_error_line(os_error, self.workdir)}", 1)
+    ts_error = _tensorstore_os_error(exc)
+    if ts_error is not None:
+      self._exit(f"error: {ts_error}", 1)
     if isinstance(exc, ValueError):  # config and data errors
       self._exit(f"error: {exc}", 1)
     return False

@@ -284,3 +284,14 @@ def test_exit_now_flushes_and_skips_the_teardown(tmp_path):
                         timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd()))
   assert proc.returncode == 7
   assert proc.stdout == "buffered line" and proc.stderr.endswith("buffered err")
+
+
+def test_tensorstore_disk_full_error_is_one_line(capsys):
+  message = ('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/6.orbax-checkpoint-tmp/'
+             'state/_sharding": Failed writing: "/w/x.__lock": Failed to write 46104 bytes to '
+             "file 12: No space left on device [os_error_code='28']")
+  with pytest.raises(SystemExit):
+    with run_guard.one_line_errors("/w"):
+      raise ValueError(message)
+  assert capsys.readouterr().err == (
+      "error: /w/checkpoints/6.orbax-checkpoint-tmp/state/_sharding: No space left on device\n")
