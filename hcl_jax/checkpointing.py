@@ -370,8 +370,13 @@ class Checkpointer:
       return (f"{len(only_saved)} saved arrays not in this config's state, "
               f"{len(only_wanted)} of its arrays not saved, e.g. {example}")
     for key, shape in wanted.items():
-      if saved[key] is not None and list(saved[key]) != shape:
-        return f"{'/'.join(key)} has shape {tuple(saved[key])}, this config's {tuple(shape)}"
+      # write_shape is the chunk each writer wrote (a replicated array is
+      # split over the devices), so it only bounds the saved shape.
+      chunk = saved[key]
+      if chunk is not None and (len(chunk) != len(shape)
+                                or any(c > d for c, d in zip(chunk, shape))):
+        return (f"{'/'.join(key)} was saved in chunks of shape {tuple(chunk)}, which do not "
+                f"fit this config's shape {tuple(shape)}")
     return None
 
 

@@ -295,3 +295,18 @@ def test_tensorstore_disk_full_error_is_one_line(capsys):
       raise ValueError(message)
   assert capsys.readouterr().err == (
       "error: /w/checkpoints/6.orbax-checkpoint-tmp/state/_sharding: No space left on device\n")
+
+
+def test_shape_change_is_refused_on_eight_devices_not_confused_with_chunks(tmp_path):
+  """A replicated array is written in per-device chunks: their shape is no
+  mismatch (the intact checkpoint restores), another rank is."""
+  from hcl_jax.checkpointing import Checkpointer, IncompatibleCheckpoint
+  mesh = mesh_lib.make_mesh(jax.devices()[:8])
+  state = jax.device_put({"w": jnp.ones((3, 3, 4, 8))}, mesh_lib.replicated(mesh))
+  with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
+    ckpt.maybe_save(1, state)
+  with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
+    assert ckpt.restore_latest(state).step == 1
+    with pytest.raises(IncompatibleCheckpoint):
+      ckpt.restore_latest({"w": jnp.ones((3, 3, 4))})
+  assert sorted(os.listdir(tmp_path)) == ["1"]
