@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 3
   config.log_every_steps = 10
+  config.on_nonfinite = "stop"         # stop | skip: a non-finite loss/gradient ends the run, or drops that update
 
   config.eval = ml_collections.ConfigDict()
   config.eval.knn_k = 200

@@ -18,6 +18,10 @@ opens the directory. A checkpoint that is listed but can't be read back
 reported with a warning naming its step, renamed to
 ``<step>.unreadable-<unix time>`` so that later saves of that step number and
 orbax's retention are not confused by it, and the previous one is used.
+"Unreadable" means corrupt: an intact checkpoint whose tree or shapes differ
+from the template (another model) raises ``IncompatibleCheckpoint`` and is
+left alone, and a ``read_only`` Checkpointer (``evaluate``) never renames,
+cleans up or saves anything.
 
 Saving is asynchronous by default: ``maybe_save`` returns once the arrays are
 copied to host memory (so the caller may donate or delete them right away),
@@ -124,7 +128,8 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int,
-               save_every_steps: int, async_save: bool = True):
+               save_every_steps: int, async_save: bool = True,
+               read_only: bool = False):
     """Args:
       directory: where the step directories go (created if missing); a
         local path or a gs:// URL.
@@ -132,6 +137,8 @@ class Checkpointer:
       save_every_steps: ``maybe_save`` saves when ``step % save_every_steps
         == 0`` (>= 1); ``force=True`` saves regardless.
       async_save: write files in a background thread (see module docstring).
+      read_only: for readers of another run's checkpoints (``evaluate``):
+        nothing in ``directory`` is created, cleaned up, renamed or saved.
     """
     if not isinstance(keep, int) or keep < 1:
       raise ValueError(f"keep must be an int >= 1, got {keep!r}")
@@ -141,17 +148,23 @@ class Checkpointer:
     self.directory = workdir_fs.as_path(directory)  # absolute: orbax needs it
     self.keep = keep
     self.save_every_steps = save_every_steps
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            # We decide when to save (``maybe_save``); orbax's own interval
-            # check would also refuse any step <= the latest saved one.
-            save_interval_steps=1,
-            create=True,
-            cleanup_tmp_directories=True,  # leftovers of killed saves
-            enable_async_checkpointing=async_save,
-        ))
+    self.read_only = read_only
+    if read_only:
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, save_interval_steps=0, max_to_keep=None,
+          cleanup_tmp_directories=False, enable_async_checkpointing=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep,
+          # We decide when to save (``maybe_save``); orbax's own interval
+          # check would also refuse any step <= the latest saved one.
+          save_interval_steps=1,
+          create=True,
+          cleanup_tmp_directories=True,  # leftovers of killed saves
+          enable_async_checkpointing=async_save,
+      )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    _quiet_closed_loop_errors().__enter__()  # failed saves print the same noise
 
   # -- queries ---------------------------------------------------------------
 
@@ -188,6 +201,8 @@ class Checkpointer:
     if not isinstance(step, (int, np.integer)) or step < 0:
       raise ValueError(f"step must be an int >= 0, got {step!r}")
     step = int(step)
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read_only; it can't be saved to.")
     extra = _check_json(dict(extra or {}))
     if not self.should_save(step, force=force):
       return False
@@ -219,6 +234,25 @@ class Checkpointer:
 
   # -- restoring -------------------------------------------------------------
 
+  def read_extra(self, step: int) -> dict | None:
+    """The ``extra`` dict of checkpoint ``step`` alone, or None if unreadable."""
+    try:
+      with _quiet_closed_loop_errors():
+        out = self._manager.restore(
+            step, args=ocp.args.Composite(**{EXTRA_ITEM: ocp.args.JsonRestore()}))
+      return dict(out[EXTRA_ITEM])
+    except Exception:  # pylint: disable=broad-except
+      return None
+
+  def newest_extra(self) -> tuple[int, dict] | None:
+    """(step, extra) of the newest checkpoint whose ``extra`` reads back."""
+    self._manager.reload()
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      extra = self.read_extra(step)
+      if extra is not None:
+        return step, extra
+    return None
+
   def restore_latest(self, template: Any) -> Restored | None:
     """Restores the newest readable checkpoint, or None if there is none.
 
@@ -231,7 +265,13 @@ class Checkpointer:
       ``Restored(step, state, extra)``, or None when the directory holds no
       readable checkpoint. Every unreadable checkpoint newer than the one
       used is logged as a warning naming its step and renamed out of the way
-      (``<step>.unreadable-<time>``, kept for inspection).
+      (``<step>.unreadable-<time>``, kept for inspection; in ``read_only``
+      mode only skipped).
+
+    Raises:
+      IncompatibleCheckpoint: the checkpoint is intact but holds a state of
+        another structure or shapes (another model or optimizer): nothing is
+        renamed then.
     """
     target = jax.tree_util.tree_map_with_path(_as_restore_target, template)
     self.wait()
@@ -240,15 +280,22 @@ class Checkpointer:
     restored = None
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(**{
-                STATE_ITEM: ocp.args.StandardRestore(target),
-                EXTRA_ITEM: ocp.args.JsonRestore(),
-            }))
+        with _quiet_closed_loop_errors():
+          out = self._manager.restore(
+              step,
+              args=ocp.args.Composite(**{
+                  STATE_ITEM: ocp.args.StandardRestore(target),
+                  EXTRA_ITEM: ocp.args.JsonRestore(),
+              }))
       except Exception as e:  # pylint: disable=broad-except
-        # Any failure to read (TensorStore DATA_LOSS, JSON decode errors,
-        # missing items) means this checkpoint can't be trusted.
+        mismatch = self._structure_mismatch(step, target)
+        if mismatch:
+          raise IncompatibleCheckpoint(
+              f"checkpoint {step} in {self.directory} is intact but holds a different "
+              f"state ({mismatch}): another model or optimizer. Nothing was changed; use "
+              "another workdir for this config.") from e
+        # Any other failure to read (TensorStore DATA_LOSS, JSON decode
+        # errors, missing items) means this checkpoint can't be trusted.
         _log.warning(
             "Checkpoint step %d in %s is unreadable (%s: %s); falling back "
             "to the previous checkpoint.", step, self.directory,
@@ -279,7 +326,7 @@ class Checkpointer:
     Left in place, a newer unreadable step would make orbax refuse to save
     that step number again and make retention prune the good ones first.
     """
-    if not steps:
+    if not steps or self.read_only:
       return
     if jax.process_index() == 0:
       stamp = int(time.time())
@@ -297,6 +344,79 @@ class Checkpointer:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("hcl_jax_checkpoint_set_aside")
     self._manager.reload()
+
+
+  def _structure_mismatch(self, step: int, target: Any) -> str | None:
+    """How checkpoint ``step``'s saved tree differs from ``target``; None if
+    it matches or its metadata can't be read (then it counts as corrupt)."""
+    try:
+      saved = json.loads((self.directory / str(step) / STATE_ITEM / "_METADATA").read_text())
+      saved = {tuple(str(k["key"]) for k in v["key_metadata"]):
+               v["value_metadata"].get("write_shape")
+               for v in saved["tree_metadata"].values()
+               if not v["value_metadata"].get("skip_deserialize")}  # empty nodes
+    except Exception:  # pylint: disable=broad-except
+      return None
+    wanted = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+      key = tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
+                  for k in path)
+      wanted[key] = list(np.shape(leaf))
+    only_saved, only_wanted = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
+    if only_saved or only_wanted:
+      example = ("/".join((only_saved or only_wanted)[0]))
+      return (f"{len(only_saved)} saved arrays not in this config's state, "
+              f"{len(only_wanted)} of its arrays not saved, e.g. {example}")
+    for key, shape in wanted.items():
+      # write_shape is the chunk each writer wrote (a replicated array is
+      # split over the devices), so it only bounds the saved shape.
+      chunk = saved[key]
+      if chunk is not None and (len(chunk) != len(shape)
+                                or any(c > d for c, d in zip(chunk, shape))):
+        return (f"{'/'.join(key)} was saved in chunks of shape {tuple(chunk)}, which do not "
+                f"fit this config's shape {tuple(shape)}")
+    return None
+
+
+class IncompatibleCheckpoint(ValueError):
+  """An intact checkpoint whose state does not fit the template."""
+
+
+class _quiet_closed_loop_errors:
+  """Drops the "Event loop is closed" tracebacks of a failed restore or save.
+
+  When one array of a restore (or save) fails, orbax closes its asyncio loop while
+  TensorStore still completes the other reads; each completion then prints a
+  RuntimeError traceback (thousands of lines for a big state) through
+  ``sys.excepthook`` / ``sys.unraisablehook``. Those carry no information
+  (the failure itself is reported), so the filter stays installed for the
+  rest of the process: completions keep arriving after ``restore`` returns.
+  """
+  _installed = False
+
+  def __enter__(self):
+    cls = type(self)
+    if not cls._installed:
+      cls._installed = True
+      import sys
+      old_excepthook, old_unraisable = sys.excepthook, sys.unraisablehook
+
+      def is_noise(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+      def excepthook(exc_type, exc, tb):
+        if not is_noise(exc):
+          old_excepthook(exc_type, exc, tb)
+
+      def unraisablehook(unraisable):
+        if not is_noise(unraisable.exc_value):
+          old_unraisable(unraisable)
+
+      sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    return self
+
+  def __exit__(self, *exc):
+    return False
 
 
 def _first_line(e: BaseException) -> str:

@@ -159,6 +159,10 @@ def validate_run_config(config: Any, num_devices: int = 1) -> None:
   if config.eval.readout not in ("fast", "augmented"):
     raise ConfigError(
         f"config.eval.readout must be 'fast' or 'augmented'; got {config.eval.readout!r}.")
+  from hcl_jax import divergence
+  if config.get("on_nonfinite", "stop") not in divergence.MODES:
+    raise ConfigError(f"config.on_nonfinite must be one of {divergence.MODES}; got "
+                      f"{config.get('on_nonfinite')!r}.")
 
 
 def validate(config: Any, num_devices: int = 1) -> Any:

@@ -709,56 +709,11 @@ def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> 
           "knn_top1": round(100.0 * knn, 2)}
 
 
-def main(argv: list[str] | None = None) -> int:
-  """``python -m hcl_jax.evaluate --workdir DIR``: evaluate DIR's latest checkpoint.
-
-  Reads the run's saved ``DIR/config.json``, restores the latest readable
-  checkpoint and writes ``DIR/results.json`` (``linear_top1``, ``knn_top1``
-  in %, the step evaluated).
-  """
-  import argparse
-  import json
-
-  import ml_collections
-
-  from hcl_jax import models
-  from hcl_jax import train_step as train_step_lib
-  from hcl_jax import workdir_fs
-  from hcl_jax.checkpointing import Checkpointer
-  from hcl_jax.mesh import make_mesh
-
-  parser = argparse.ArgumentParser(prog="python -m hcl_jax.evaluate", description=main.__doc__)
-  parser.add_argument("--workdir", required=True, help="a training run's --workdir")
-  parser.add_argument("--readout", choices=("fast", "augmented"), default=None,
-                      help="override config.eval.readout")
-  args = parser.parse_args(argv)
-  workdir = workdir_fs.as_path(args.workdir)
-  config_path = workdir / "config.json"
-  if not config_path.exists():
-    parser.error(f"{config_path} does not exist: is {args.workdir!r} a training run's workdir?")
-  config = ml_collections.ConfigDict(workdir_fs.read_json(config_path))
-  if args.readout:
-    config.eval.readout = args.readout
-  from hcl_jax import config_check
-  try:
-    config_check.validate(config)  # the saved config, before anything compiles
-  except ValueError as e:
-    parser.exit(2, f"error: {config_path}: {e}\n")
-  mesh = make_mesh()
-  model = models.create_model(config)
-  image_shape = (config.image_size, config.image_size, 3)
-  template = train_step_lib.create_train_state(config, model, jax.random.key(config.seed), mesh,
-                                               image_shape)
-  with Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
-                    save_every_steps=config.checkpoint_every_steps) as ckpt:
-    restored = ckpt.restore_latest(template)
-  if restored is None:
-    parser.error(f"no readable checkpoint in {args.workdir}/checkpoints.")
-  results = {**evaluate_encoder(config, model, restored.state, mesh), "step": restored.step}
-  workdir_fs.write_json(workdir / "results.json", results)
-  print(json.dumps(results))
-  return 0
+def main(argv: list[str] | None = None) -> None:
+  """``python -m hcl_jax.evaluate --workdir DIR``: see ``hcl_jax.evaluate_cli``."""
+  from hcl_jax import evaluate_cli
+  evaluate_cli.run(argv)
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  main()

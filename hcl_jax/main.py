@@ -11,13 +11,23 @@ trained encoder and of the same encoder at its random initialisation. The
 workdir may be local or ``gs://...`` (``hcl_jax.workdir_fs``). Started again
 with the same workdir, the run resumes from its latest readable checkpoint
 (state, step, data position and RNG) and ends exactly as a run that went
-straight through; SIGTERM (a TPU preemption) saves and exits 0.
+straight through; SIGTERM (a TPU preemption) saves and exits 0, Ctrl-C
+(SIGINT) saves and exits 130 (a second Ctrl-C exits at once). Either signal
+before or after training (start-up, evaluation) exits 75, "retry"
+(``run_guard.EXIT_RETRYABLE``), with one line; the rerun resumes.
+
+What the run refuses, in one line and without touching the workdir
+(``hcl_jax.run_guard``): a workdir another live run holds (``run.lock``), a
+config that is another experiment than the checkpoints there (pass
+``--allow_config_change`` to continue deliberately), a workdir it can't
+write. A non-finite loss or gradient stops it (exit 1, no results.json, no
+checkpoint after the last good one), or with ``config.on_nonfinite="skip"``
+drops those updates (``hcl_jax.divergence``).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 from absl import app
@@ -30,29 +40,55 @@ from hcl_jax import distributed  # noqa: F401  (defines --coordinator_address et
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume even though the config's identity (model, loss, batch size, seed, ...) differs "
+    "from the checkpoints' (more epochs never need this).")
 
 # The run-level checks live with the other config checks (hcl_jax.config_check).
 from hcl_jax.config_check import DATASETS, validate_run_config  # noqa: E402,F401
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the whole experiment; returns what results.json holds."""
+def train_and_evaluate(config: Any, workdir: str, *,
+                       allow_config_change: bool = False) -> dict[str, Any]:
+  """Runs (or resumes) the whole experiment; returns what results.json holds.
+
+  Holds ``workdir``'s lock throughout (process 0); see ``hcl_jax.run_guard``.
+  """
+  from hcl_jax import run_guard
+
+  mesh = _start_backend(config)
+  import jax
+  with run_guard.hold_workdir(workdir, is_main=jax.process_index() == 0) as lock:
+    return _train_and_evaluate(config, workdir, mesh, lock,
+                               allow_config_change=allow_config_change)
+
+
+def _start_backend(config: Any):
+  from hcl_jax.mesh import make_mesh
+  mesh = make_mesh()
+  validate_run_config(config, mesh.size)
+  return mesh
+
+
+def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
+                        allow_config_change: bool) -> dict[str, Any]:
   import jax
 
   from hcl_jax import data as data_lib
   from hcl_jax import evaluate
   from hcl_jax import models
+  from hcl_jax import divergence
+  from hcl_jax import run_guard
   from hcl_jax import train_step as train_step_lib
   from hcl_jax import workdir_fs
   from hcl_jax.checkpointing import Checkpointer, rng_from_list, rng_to_list
-  from hcl_jax.mesh import make_mesh
   from hcl_jax.metrics_log import MetricLogger
   from hcl_jax.preemption import PreemptionGuard
 
-  start_time = time.time()
-  mesh = make_mesh()
-  validate_run_config(config, mesh.size)
   is_main = jax.process_index() == 0
+  if lock is not None and lock.stale_message():
+    print(lock.stale_message(), flush=True)
   model = models.create_model(config)
   image_shape = (config.image_size, config.image_size, 3)
   init_rng = jax.random.key(config.seed)
@@ -64,6 +100,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   ckpt = Checkpointer(workdir_fs.as_path(workdir) / "checkpoints", keep=config.keep_checkpoints,
                       save_every_steps=config.checkpoint_every_steps)
   start_step, rng = 0, jax.random.fold_in(init_rng, 1)
+  identity = run_guard.run_identity(config)
+  _check_identity(ckpt, identity, workdir, allow_config_change)
   restored = ckpt.restore_latest(state)
   if restored is not None:
     start_step, state, extra = restored
@@ -72,6 +110,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       raise RuntimeError(f"checkpoint {start_step} has data position {extra['data_step']}.")
   if start_step:
     print(f"Resuming from checkpoint {start_step} in {workdir}.", flush=True)
+  attempts = run_guard.Attempts(workdir, enabled=is_main)
+  monitor = divergence.DivergenceMonitor(config.get("on_nonfinite", "stop"), start_step)
 
   data = data_lib.make_pretrain_dataset(config, start_step=start_step)
   total_steps = config.num_epochs * data.steps_per_epoch
@@ -85,21 +125,38 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   step, stopped = start_step, False
   batches = data_lib.global_batches(data.dataset.as_numpy_iterator(), mesh)
-  with PreemptionGuard() as guard:
-    for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, next(batches))
-      if step % config.log_every_steps == 0 or step == total_steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        metrics["epoch"] = (step - 1) // data.steps_per_epoch + 1
-        logger.log(step, metrics)
-      stopped = guard.should_stop_at(step)
-      # The train step draws no randomness of its own (the data pipeline's is
-      # seeded by step), but the RNG is saved so that features that do resume.
-      ckpt.maybe_save(step, state, {"data_step": step, "rng": rng_to_list(rng)},
-                      force=stopped or step == total_steps)
-      if stopped:
-        break
-  ckpt.close()  # waits for the asynchronous save
+  try:
+    with PreemptionGuard(handle_sigint=True) as guard:
+      for step in range(start_step + 1, total_steps + 1):
+        state, metrics = train_step(state, next(batches))
+        monitor.update(metrics)
+        if step % config.log_every_steps == 0 or step == total_steps:
+          monitor.check()  # raises in "stop" mode; no checkpoint after a bad step
+          metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          metrics["epoch"] = (step - 1) // data.steps_per_epoch + 1
+          if monitor.skipped:
+            metrics["skipped_updates"] = monitor.skipped
+          logger.log(step, metrics)
+        stopped = guard.should_stop_at(step)
+        force = stopped or step == total_steps
+        if ckpt.should_save(step, force=force):
+          monitor.check()
+          # The train step draws no randomness of its own (the data pipeline's
+          # is seeded by step), but the RNG is saved so that features that do
+          # resume.
+          ckpt.maybe_save(step, state, {"data_step": step, "rng": rng_to_list(rng),
+                                        run_guard.IDENTITY_KEY: identity}, force=force)
+          attempts.touch()
+        if stopped:
+          break
+      ckpt.close()  # inside the guard: a signal while the last save lands waits for it
+    # Join tf.data's threads now, while the interpreter is whole, rather than
+    # in its teardown (see run_guard.exit_now).
+    del batches
+  except divergence.Diverged:
+    ckpt.close()  # pending saves are of good steps; main prints the one line
+    logger.close()
+    raise
   if stopped:
     # Every process says so (each one's log is in WORKDIR/logs/).
     message = f"{guard.stop_reason}: checkpoint {step} saved, exiting."
@@ -108,8 +165,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     else:
       print(message, flush=True)
     logger.close()
-    return {"stopped_at_step": step}
+    return {"stopped_at_step": step, "signal": guard.signal_name}
+  if guard.should_stop:  # the signal came while the final checkpoint was written
+    logger.close()
+    raise run_guard.Interrupted(guard.signal_name, "after training")
+  if monitor.skipped:
+    logger.write(f"warning: {monitor.skipped} update(s) skipped as non-finite "
+                 f"(first at step {monitor.first_bad[0]}: {divergence.describe(monitor.first_bad[1])}).")
 
+  run_guard.set_phase("evaluation")
   logger.write("Pre-training done; evaluating the encoder (linear readout and kNN).")
   trained = evaluate.evaluate_encoder(config, model, state, mesh)
   initial = evaluate.evaluate_encoder(
@@ -122,8 +186,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       "loss": config.loss.name,
       "seed": config.seed,
       "steps": total_steps,
-      "wall_time_s": round(time.time() - start_time, 1),
+      "wall_time_s": round(attempts.wall_time_s(), 1),
+      "attempts": attempts.count,
   }
+  if monitor.skipped:
+    results["skipped_updates"] = monitor.skipped
   if is_main:
     workdir_fs.write_json(workdir_fs.as_path(workdir) / "results.json", results)
   logger.log_evaluation(total_steps, {**trained, **{f"random_init_{k}": v
@@ -136,7 +203,25 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   return results
 
 
+def _check_identity(ckpt: Any, identity: dict, workdir: str, allow_change: bool) -> None:
+  """Refuses (IdentityMismatch) before any checkpoint is restored or renamed."""
+  from hcl_jax import run_guard
+
+  newest = ckpt.newest_extra()
+  if newest is not None and run_guard.IDENTITY_KEY in newest[1]:
+    stored, where = newest[1][run_guard.IDENTITY_KEY], f"checkpoint {newest[0]} in {workdir}"
+  else:  # no checkpoint, or one older than identities: the saved config.json
+    stored, where = run_guard.identity_from_config_json(workdir), f"the run in {workdir}"
+  diffs = run_guard.check_identity(stored, identity, where=where, allow_change=allow_change)
+  if diffs:
+    print(f"Continuing {where} with a changed config (--allow_config_change): "
+          f"{'; '.join(diffs)}.", flush=True)
+
+
 def main(argv: list[str]) -> None:
+  from hcl_jax import run_guard
+
+  run_guard.exit_on_signals_outside_training()
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
@@ -155,22 +240,18 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   from hcl_jax.process_log import ProcessLog
 
-  try:
-    info = distributed_lib.initialize_distributed()
-  except (ValueError, distributed_lib.DistributedInitError) as e:
-    sys.exit(f"error: {e}")
-  with ProcessLog(_WORKDIR.value, info.process_index):
-    print(f"Process {info.process_index} of {info.process_count} ({info.mode}): "
-          f"{info.local_device_count} of {info.global_device_count} devices.", flush=True)
+  with run_guard.one_line_errors(_WORKDIR.value, hard_exit=True):
     try:
-      train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError) as e:
-      # Config and data errors: one clear line, not a traceback.
-      logging.error("%s", e)
-      error = e
-    else:
-      return
-  sys.exit(f"error: {error}")
+      info = distributed_lib.initialize_distributed()
+    except distributed_lib.DistributedInitError as e:
+      raise run_guard.RunError(str(e)) from None
+    # Inside one_line_errors: the log is closed (uploaded) before any exit.
+    with ProcessLog(_WORKDIR.value, info.process_index):
+      print(f"Process {info.process_index} of {info.process_count} ({info.mode}): "
+            f"{info.local_device_count} of {info.global_device_count} devices.", flush=True)
+      results = train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                   allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  run_guard.exit_now(130 if results.get("signal") == "SIGINT" else 0)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Enter the guard after ``jax.distributed.initialize()``, and call
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import types
@@ -59,8 +60,9 @@ class PreemptionGuard:
           break
     ckpt.close()   # waits for the async write; then return / exit 0
 
-  A second SIGINT while the flag is set raises KeyboardInterrupt, so an
-  interactive user can still abort a run that is slow to reach a step end.
+  A second SIGINT while the flag is set ends the process at once (exit code
+  130, one line), so an interactive user can still abort a run that is slow
+  to reach a step end.
   The previous handlers are restored on exit.
   """
 
@@ -148,7 +150,11 @@ class PreemptionGuard:
     del frame
     name = signal.Signals(signum).name
     if self._received is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # second Ctrl-C: the user really means it
+      # Second Ctrl-C: the user really means it. Exit now, without unwinding
+      # (a traceback, or waiting for a step or save to finish); checkpoints
+      # already on disk are complete (orbax commits them atomically).
+      os.write(2, b"Second SIGINT: exiting at once (no new checkpoint).\n")
+      os._exit(130)
     if self._received is None:
       self._received = signum
       _log.warning("Received %s: will save a checkpoint and stop after the "

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from hcl_jax import divergence
 from hcl_jax import losses
 from hcl_jax import mesh as mesh_lib
 from hcl_jax import models
@@ -165,9 +166,22 @@ def build_train_step(config: Any, model: nn.Module, steps_per_epoch: int
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
-    metrics = dict(metrics, loss=loss, beta=beta, lr=lr_schedule(state.step))
+    # A non-finite loss, gradient norm or new parameter keeps the state as it
+    # was (the step count still moves with the data), so no non-finite value
+    # ever reaches a checkpoint; the loop reads `nonfinite` to stop or skip.
+    grad_norm = optax.global_norm(grads)
+    params_finite = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    nonfinite = (divergence.NONFINITE_LOSS * ~jnp.isfinite(loss)
+                 + divergence.NONFINITE_GRAD_NORM * ~jnp.isfinite(grad_norm)
+                 + divergence.NONFINITE_PARAMS * ~params_finite)
+    keep = lambda new, old: jnp.where(nonfinite == 0, new, old)
+    new_state = state.replace(
+        step=state.step + 1, params=jax.tree.map(keep, params, state.params),
+        batch_stats=jax.tree.map(keep, batch_stats, state.batch_stats),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state))
+    metrics = dict(metrics, loss=loss, beta=beta, lr=lr_schedule(state.step),
+                   grad_norm=grad_norm, nonfinite=nonfinite)
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
   return train_step
@@ -210,7 +224,9 @@ def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int,
 
   Returns:
     ``step(state, batch) -> (state, metrics)``, metrics float32 scalars:
-    loss, clamped_fraction, positive_similarity, negative_similarity, beta, lr.
+    loss, clamped_fraction, positive_similarity, negative_similarity, beta, lr,
+    grad_norm, and nonfinite (0 for a good step, else the ``divergence.NONFINITE_*``
+    bits of what went non-finite: the state was then left unchanged).
   """
   validate_config(config)
   if config.batch_size % mesh.size:

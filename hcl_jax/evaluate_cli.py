@@ -1,0 +1,126 @@
+"""``python -m hcl_jax.evaluate --workdir DIR``: evaluate a run's latest checkpoint.
+
+  python -m hcl_jax.evaluate --workdir workdirs/digits [--readout augmented]
+
+Reads the run's ``DIR/config.json``, restores the newest readable checkpoint
+without changing anything in ``DIR/checkpoints`` (an unreadable one is
+skipped, never renamed: a training run may own it), and records the result
+in ``DIR/results.json`` beside what the training run wrote there (every
+field kept)::
+
+  "evaluations": {"44": {"fast": {"linear_top1": 91.2, "knn_top1": 95.1,
+                                  "time": "2026-12-01T07:00:00+00:00"}}}
+
+keyed by checkpoint step, then readout protocol; evaluating again the same
+step and protocol replaces only that entry. Flags are absl's, as in
+``hcl_jax.main``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+RESULTS_FILE = "results.json"
+EVALUATIONS_KEY = "evaluations"
+
+
+def _define_flags() -> None:
+  # Defined on demand: hcl_jax.main defines its own --workdir in the same
+  # process (tests import both).
+  if "readout" not in flags.FLAGS:
+    flags.DEFINE_enum("readout", None, ["fast", "augmented"], "Override config.eval.readout.")
+  if "workdir" not in flags.FLAGS:
+    flags.DEFINE_string("workdir", None, "A training run's --workdir.")
+
+
+def record_evaluation(results: dict[str, Any], step: int, protocol: str,
+                      evaluation: dict[str, Any]) -> dict[str, Any]:
+  """``results`` with ``evaluation`` stored under evaluations[step][protocol]."""
+  out = dict(results)
+  evaluations = dict(out.get(EVALUATIONS_KEY) or {})
+  per_step = dict(evaluations.get(str(step)) or {})
+  per_step[protocol] = {**evaluation, "time": datetime.datetime.now(
+      datetime.timezone.utc).isoformat(timespec="seconds")}
+  evaluations[str(step)] = per_step
+  out[EVALUATIONS_KEY] = evaluations
+  return out
+
+
+def evaluate_workdir(workdir: str, readout: str | None = None) -> dict[str, Any]:
+  """Evaluates ``workdir``'s newest readable checkpoint; returns the new results.json."""
+  import jax
+  import ml_collections
+
+  from hcl_jax import config_check
+  from hcl_jax import evaluate
+  from hcl_jax import models
+  from hcl_jax import train_step as train_step_lib
+  from hcl_jax.checkpointing import Checkpointer
+  from hcl_jax.mesh import make_mesh
+  from hcl_jax import workdir_fs
+  from hcl_jax.run_guard import RunError
+
+  root = workdir_fs.as_path(workdir)
+  config_path = root / "config.json"
+  if not config_path.exists():
+    raise RunError(f"{config_path} does not exist: is {workdir!r} a training run's workdir?")
+  config = ml_collections.ConfigDict(workdir_fs.read_json(config_path))
+  if readout:
+    config.eval.readout = readout
+  try:
+    config_check.validate(config)  # the saved config, before anything compiles
+  except ValueError as e:
+    raise RunError(f"{config_path}: {e}") from None
+  mesh = make_mesh()
+  model = models.create_model(config)
+  image_shape = (config.image_size, config.image_size, 3)
+  template = train_step_lib.create_train_state(config, model, jax.random.key(config.seed), mesh,
+                                               image_shape)
+  with Checkpointer(root / "checkpoints", keep=config.keep_checkpoints,
+                    save_every_steps=config.checkpoint_every_steps, read_only=True) as ckpt:
+    restored = ckpt.restore_latest(template)
+  if restored is None:
+    raise RunError(f"no readable checkpoint in {root / 'checkpoints'}.")
+  evaluation = evaluate.evaluate_encoder(config, model, restored.state, mesh)
+  results_path = root / RESULTS_FILE
+  try:
+    results = workdir_fs.read_json(results_path)
+  except FileNotFoundError:
+    results = {}
+  if not isinstance(results, dict):
+    raise RunError(f"{results_path} does not hold a JSON object; not overwriting it.")
+  results = record_evaluation(results, restored.step, config.eval.readout, evaluation)
+  if jax.process_index() == 0:
+    workdir_fs.write_json(results_path, results)
+  print(json.dumps({"step": restored.step, "protocol": config.eval.readout, **evaluation}),
+        flush=True)
+  return results
+
+
+def _main(argv: list[str]) -> None:
+  from hcl_jax import run_guard
+
+  run_guard.exit_on_signals_outside_training()
+  run_guard.set_phase("evaluation")
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if flags.FLAGS.workdir is None:
+    raise app.UsageError("--workdir is required.")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  with run_guard.one_line_errors(flags.FLAGS.workdir, hard_exit=True):
+    evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.readout)
+  run_guard.exit_now(0)
+
+
+def run(argv: list[str] | None = None) -> None:
+  """The command line entry point (absl)."""
+  _define_flags()
+  app.run(_main, argv=argv if argv is None else [sys.argv[0], *argv])
