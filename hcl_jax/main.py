@@ -61,9 +61,28 @@ def validate_run_config(config: Any, num_devices: int) -> None:
               "eval.knn_k", "eval.linear_epochs", "eval.linear_batch_size"):
     _positive_int(config, key)
   _positive_int(config, "seed", minimum=0)
-  if config.eval.readout not in ("fast", "augmented"):
+  from hcl_jax import evaluate, models
+  if config.eval.readout not in evaluate.READOUTS:
     raise ValueError(
-        f"config.eval.readout must be 'fast' or 'augmented'; got {config.eval.readout!r}.")
+        f"config.eval.readout must be one of {evaluate.READOUTS}; got {config.eval.readout!r}.")
+  if "image_size" in config.eval:
+    _positive_int(config, "eval.image_size", minimum=0)
+  models.validate_bn_group_size(config.model, config.batch_size)
+  _check_augment_blur(config.augment)
+
+
+def _check_augment_blur(augment: Any) -> None:
+  size = augment.get("blur_kernel_size", 1)
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+    raise ValueError(f"config.augment.blur_kernel_size must be an odd int >= 1 (1: no blur); "
+                     f"got {size!r}.")
+  prob = augment.get("blur_prob", 0.5)
+  if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+    raise ValueError(f"config.augment.blur_prob must be in [0, 1]; got {prob!r}.")
+  sigma = tuple(augment.get("blur_sigma", (0.1, 2.0)))
+  if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+    raise ValueError(f"config.augment.blur_sigma must be (low, high) with 0 < low <= high; "
+                     f"got {sigma!r}.")
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
