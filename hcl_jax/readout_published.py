@@ -76,7 +76,8 @@ def train_linear_readout_published(
 
   Returns:
     {"linear_top1": test top-1 in [0, 1] of the last test, "tests": [[epoch
-    (1-based), top-1], ...] every test in order}.
+    (1-based), top-1], ...] every test in order, "batch_stats": the running
+    averages at the end of the readout, "params": the linear layer}.
   """
   num_classes, epochs, learning_rate, weight_decay, seed = (
       ev_lib._check_readout_hyperparameters(num_classes, epochs, learning_rate,
@@ -144,4 +145,5 @@ def train_linear_readout_published(
       features, labels = ev_lib.extract_features(functools.partial(encode_fn, stats),
                                                  make_test_iterator(), mesh=mesh)
       tests.append([epoch + 1, ev_lib.linear_top1(lin_params, features, labels)])
-  return {"linear_top1": tests[-1][1], "tests": tests}
+  return {"linear_top1": tests[-1][1], "tests": tests, "batch_stats": stats,
+          "params": lin_params}
