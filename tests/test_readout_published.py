@@ -103,3 +103,19 @@ def test_published_readout_bad_epochs():
   with pytest.raises(ValueError, match="epochs"):
     train_linear_readout_published(model, variables["params"], variables["batch_stats"],
                                    lambda e: iter(()), lambda: iter(()), num_classes=3, epochs=0)
+
+
+def test_published_readout_on_a_mesh_equals_one_device():
+  """Batches split over 2 devices (rows 6 and 2: no trimming) == one device."""
+  from hcl_jax.mesh import make_mesh
+  model, data = _model(), _data()
+  variables = model.init(jax.random.key(1), jnp.asarray(data[0][:2]), train=False)
+  run = lambda mesh: train_linear_readout_published(
+      model, variables["params"], variables["batch_stats"],
+      lambda epoch: _batches(data[0], data[1], epoch),
+      lambda: _batches(data[2], data[3], 0, shuffle=False),
+      num_classes=CLASSES, epochs=5, bn_groups=2, learning_rate=1e-2, mesh=mesh)
+  one, two = run(None), run(make_mesh(jax.devices()[:2]))
+  assert one["tests"] == two["tests"]
+  for a, b in zip(jax.tree.leaves(one["batch_stats"]), jax.tree.leaves(two["batch_stats"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
