@@ -87,7 +87,7 @@ def test_dry_run_lists_every_cell_and_seed(tmp_path, table):
     assert flag(argv, "num_epochs") == "7"
     assert argv[-1] == "--config.data_dir=/tfds"
     # The evaluation protocol is spelled out in every command (issue 13).
-    assert flag(argv, "eval.readout") == "published"
+    assert flag(argv, "eval.readout") == ("fast" if table == "digits" else "published")
     assert flag(argv, "eval.image_size") == {"stl10": "96", "digits": "16"}.get(table, "32")
     assert flag(argv, "model.bn_group_size") == ("0" if table == "digits" else "128")
     assert flag(argv, "augment.blur_kernel_size") == ("1" if table == "digits" else "3")
