@@ -1,7 +1,9 @@
 """CIFAR-10, Hard negatives (loss.name=hcl, tau+ 0.1, beta 1.0): the published settings.
 
-ResNet-50 (CIFAR stem, width 1), 32x32 images, batch 256, 400 epochs, t = 0.5,
-Adam lr 1e-3, weight decay 1e-6; linear readout 100 epochs at batch 512
+ResNet-50 (CIFAR stem, width 1), 32x32 training crops with the published 3x3
+Gaussian blur, batch 256, 400 epochs, t = 0.5, Adam lr 1e-3, weight decay 1e-6,
+ghost BatchNorm over 128 images per view; evaluation at 32x32; the published
+linear readout (100 epochs at batch 512 on augmented images, network in train mode)
 (configs/common.py, docs/reference.md). Pre-trains on 50,000 train images (49,920 used: 195 steps of 256).
 
 Command:

@@ -4,8 +4,12 @@
 key added there reaches every config. ``paper_config(dataset, method)`` sets
 the published image-experiment settings on top (docs/reference.md): ResNet-50 with
 a CIFAR stem at width 1, batch 256, 400 epochs, t = 0.5, Adam lr 1e-3 and
-weight decay 1e-6, 32x32 images for every dataset, linear readout 100 epochs
-at batch 512; tau+ and beta per method (``METHODS``).
+weight decay 1e-6, 32x32 training crops for every dataset with the published
+Gaussian blur (3x3 kernel), evaluation at the dataset's own size (STL-10:
+96x96), ghost BatchNorm over 128 images of one view (the published 2-GPU
+DataParallel run), the published linear readout (``eval.readout =
+"published"``: 100 epochs at batch 512 on augmented images, network in train
+mode); tau+ and beta per method (``METHODS``).
 
 Config files load this module by its path (``load_common()`` below, copied
 into each), so they need neither ``configs`` to be a package nor the
@@ -31,6 +35,8 @@ METHODS = {
 
 # Pre-training examples of each dataset (STL-10: train + unlabelled).
 PRETRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 105_000}
+# Evaluation image side: each dataset's own (the published test_transform).
+EVAL_IMAGE_SIZES = {"cifar10": 32, "cifar100": 32, "stl10": 96}
 
 
 def _load_module(name: str):
@@ -69,6 +75,7 @@ def paper_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   config.model.width_multiplier = 1.0
   config.model.projection_hidden_dim = 512
   config.model.projection_dim = 128
+  config.model.bn_group_size = 128     # 2 GPUs x 128 images per view, as published
 
   name, tau_plus, beta = METHODS[method]
   config.loss.name = name
@@ -82,6 +89,8 @@ def paper_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-6
   config.optimizer.warmup_epochs = 0
   config.mixed_precision = False       # float32, as published; bf16 is a flag away
+
+  config.augment.blur_kernel_size = 3  # int(0.1 * 32), image/utils.py
 
   # A uniform shuffle needs a buffer of every example of the host. STL-10's
   # 105k images are 96x96 when shuffled (resized later): about 2.9 GB.
@@ -97,4 +106,6 @@ def paper_config(dataset: str, method: str) -> ml_collections.ConfigDict:
   config.eval.linear_batch_size = 512
   config.eval.linear_learning_rate = 1e-3
   config.eval.linear_weight_decay = 1e-6
+  config.eval.readout = "published"    # image/linear.py; "fast" for monitoring
+  config.eval.image_size = EVAL_IMAGE_SIZES[dataset]   # test_transform: no resize
   return config

@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width_multiplier = 0.25  # narrow net for the laptop-sized demo
   config.model.projection_hidden_dim = 512
   config.model.projection_dim = 128
+  # Ghost BatchNorm: statistics over groups of this many images of one view
+  # (the published 2-GPU DataParallel run: 128). 0: the whole per-view batch.
+  config.model.bn_group_size = 0
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "hcl"             # nt_xent | dcl | hcl
@@ -53,6 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.saturation = 0.4
   config.augment.hue = 0.1
   config.augment.grayscale_prob = 0.2
+  # The published GaussianBlur (image/utils.py): p 0.5, sigma ~ U(0.1, 2.0),
+  # kernel int(0.1 * image side). At 16 px that is int(1.6) = 1: a 1-tap
+  # kernel, the identity, so digits runs are unblurred, as the formula gives.
+  config.augment.blur_prob = 0.5
+  config.augment.blur_sigma = (0.1, 2.0)
+  config.augment.blur_kernel_size = 1
 
   # Host input pipeline (hcl_jax/data/pipeline.py).
   config.data = ml_collections.ConfigDict()
@@ -75,5 +84,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.linear_batch_size = 512
   config.eval.linear_learning_rate = 1e-3
   config.eval.linear_weight_decay = 1e-6
-  config.eval.readout = "fast"         # fast (cached features) | augmented (the paper's)
+  # fast: cached unaugmented features, BN in inference mode (~100x cheaper).
+  # augmented: features of augmented images every epoch, BN in inference mode.
+  # published: image/linear.py: augmented images, the network in train mode
+  #   (BN batch statistics, running averages keep moving), tested every 5 epochs.
+  config.eval.readout = "fast"
+  # Side of the kNN bank / kNN test / linear test images; 0: config.image_size.
+  # The published test_transform has no resize (STL-10: 96).
+  config.eval.image_size = 0
   return config

@@ -129,6 +129,10 @@ def config_overrides(flags_: Sequence[str]) -> list[str]:
   return [f for f in flags_ if f.startswith(CONFIG_FLAG + ".")]
 
 
+# The linear readout protocols (hcl_jax.evaluate, hcl_jax.readout_published).
+READOUTS = ("fast", "augmented", "published")
+
+
 def _positive_int(config: Any, key: str, minimum: int = 1) -> None:
   value = config
   for part in key.split("."):
@@ -156,13 +160,32 @@ def validate_run_config(config: Any, num_devices: int = 1) -> None:
               "eval.knn_k", "eval.linear_epochs", "eval.linear_batch_size"):
     _positive_int(config, key)
   _positive_int(config, "seed", minimum=0)
-  if config.eval.readout not in ("fast", "augmented"):
+  from hcl_jax import models
+  if config.eval.readout not in READOUTS:
     raise ConfigError(
-        f"config.eval.readout must be 'fast' or 'augmented'; got {config.eval.readout!r}.")
+        f"config.eval.readout must be one of {READOUTS}; got {config.eval.readout!r}.")
+  if "image_size" in config.eval:
+    _positive_int(config, "eval.image_size", minimum=0)
+  models.validate_bn_group_size(config.model, config.batch_size)
+  _check_augment_blur(config.augment)
   from hcl_jax import divergence
   if config.get("on_nonfinite", "stop") not in divergence.MODES:
     raise ConfigError(f"config.on_nonfinite must be one of {divergence.MODES}; got "
                       f"{config.get('on_nonfinite')!r}.")
+
+
+def _check_augment_blur(augment: Any) -> None:
+  size = augment.get("blur_kernel_size", 1)
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+    raise ConfigError(f"config.augment.blur_kernel_size must be an odd int >= 1 (1: no blur); "
+                      f"got {size!r}.")
+  prob = augment.get("blur_prob", 0.5)
+  if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+    raise ConfigError(f"config.augment.blur_prob must be in [0, 1]; got {prob!r}.")
+  sigma = tuple(augment.get("blur_sigma", (0.1, 2.0)))
+  if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+    raise ConfigError(f"config.augment.blur_sigma must be (low, high) with 0 < low <= high; "
+                      f"got {sigma!r}.")
 
 
 def validate(config: Any, num_devices: int = 1) -> Any:

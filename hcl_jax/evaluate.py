@@ -75,6 +75,9 @@ __all__ = [
     "evaluate_encoder",
 ]
 
+# config.eval.readout: see configs/digits.py and hcl_jax/readout_published.py.
+from hcl_jax.config_check import READOUTS  # noqa: E402  (the readout protocols)
+
 # Cosine similarities decide which neighbours are kept, and logits are small
 # dot products: TPU's default bf16 matmul passes would perturb both, so ask for
 # full float32 (the cost is negligible next to the encoder).
@@ -667,9 +670,16 @@ def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> 
   ``knn_temperature``) uses the L2-normalised backbone features of the
   unaugmented train split as its bank; the readout trains on the
   un-normalised backbone features, on cached unaugmented features
-  (``config.eval.readout == "fast"``) or on features of freshly augmented
-  train images every epoch (``"augmented"``, the paper's protocol).
-  BatchNorm uses its running averages (inference mode).
+  (``config.eval.readout == "fast"``), on features of freshly augmented
+  train images every epoch with BatchNorm in inference mode (``"augmented"``),
+  or as image/linear.py does (``"published"``: augmented images, the network
+  in train mode, tested every 5 epochs; hcl_jax/readout_published.py).
+  Unaugmented images (kNN bank and test, linear test) have side
+  ``config.eval.image_size`` (STL-10: 96, as published).
+
+  Returns {"linear_top1", "knn_top1" (%), "readout", "eval_image_size",
+  "bn_group_size"} (+ "linear_tests": [[epoch, top-1 %], ...] for
+  "published"): every result says which protocol made it.
 
   Args:
     config: the run config (dataset, data_dir, image_size, eval.*).
@@ -699,6 +709,18 @@ def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> 
   readout_kwargs = dict(num_classes=num_classes, epochs=ev.linear_epochs,
                         learning_rate=ev.linear_learning_rate,
                         weight_decay=ev.linear_weight_decay, seed=config.seed, mesh=mesh)
+  protocol = {"readout": ev.readout, "eval_image_size": data_lib.eval_image_size(config),
+              "bn_group_size": int(config.model.get("bn_group_size", 0))}
+  if ev.readout == "published":
+    from hcl_jax import models as models_lib
+    from hcl_jax.readout_published import train_linear_readout_published
+    out = train_linear_readout_published(
+        model, state.params, state.batch_stats,
+        lambda epoch: split("train", augment=True, epoch=epoch), lambda: split("test"),
+        bn_groups=models_lib.bn_groups_for(config.model, config.batch_size), **readout_kwargs)
+    return {"linear_top1": round(100.0 * out["linear_top1"], 2),
+            "knn_top1": round(100.0 * knn, 2),
+            "linear_tests": [[e, round(100.0 * t, 2)] for e, t in out["tests"]], **protocol}
   if ev.readout == "fast":
     params = train_linear_readout(train_features, train_labels,
                                   batch_size=ev.linear_batch_size, **readout_kwargs)
@@ -706,7 +728,7 @@ def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> 
     params = train_linear_readout_augmented(
         encode_fn, lambda epoch: split("train", augment=True, epoch=epoch), **readout_kwargs)
   return {"linear_top1": round(100.0 * linear_top1(params, test_features, test_labels), 2),
-          "knn_top1": round(100.0 * knn, 2)}
+          "knn_top1": round(100.0 * knn, 2), **protocol}
 
 
 def main(argv: list[str] | None = None) -> None:

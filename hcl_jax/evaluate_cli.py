@@ -35,7 +35,8 @@ def _define_flags() -> None:
   # Defined on demand: hcl_jax.main defines its own --workdir in the same
   # process (tests import both).
   if "readout" not in flags.FLAGS:
-    flags.DEFINE_enum("readout", None, ["fast", "augmented"], "Override config.eval.readout.")
+    from hcl_jax.config_check import READOUTS
+    flags.DEFINE_enum("readout", None, list(READOUTS), "Override config.eval.readout.")
   if "workdir" not in flags.FLAGS:
     flags.DEFINE_string("workdir", None, "A training run's --workdir.")
 

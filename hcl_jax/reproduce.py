@@ -12,13 +12,17 @@ A table has six cells (the rows of the paper's STL-10 table): SimCLR;
 Debiased (tau+ 0.1); Hard (tau+ 0.1) with beta 0.5, 1, 2, 6. Each cell and
 seed k in 0..N-1 is one run of ``python -m hcl_jax.main`` in its own workdir
 ``ROOT/<table>/<cell>/seed<k>``, launched as a subprocess with explicit
-``--config.seed/loss.name/loss.tau_plus/loss.beta`` flags. A run whose
+``--config.seed/loss.name/loss.tau_plus/loss.beta`` flags and the table's
+evaluation protocol as flags too (``PROTOCOLS``: readout, evaluation image
+size, ghost-BN group size, blur kernel), so every printed command shows it. A run whose
 ``results.json`` exists is skipped; an interrupted one is started again with
 the same workdir, and hcl_jax.main resumes it from its checkpoints.
 
 Afterwards (and with ``--report-only``) ``docs/results/<table>.md`` and
 ``<table>.png`` compare our linear top-1 (mean +- sample std over seeds) and
-kNN top-1 with the published numbers (STL-10 only; docs/reference.md).
+kNN top-1 with the published numbers (STL-10 only; docs/reference.md), give
+each cell's paired difference to SimCLR (same seed) with its 95 % t-interval,
+and say which readout protocol made each number.
 
 The report functions are pure (``collect_results``, ``summarize``,
 ``write_report``); ``plan_runs`` builds the runs without starting anything.
@@ -176,6 +180,36 @@ def run_status(workdir: str) -> str:
   return "new"
 
 
+# The evaluation protocol of each table, passed as explicit flags so that every
+# command (and --dry-run) shows it. Paper tables: as published (configs/common.py):
+# blur kernel 3, evaluation at the dataset's own size, ghost BN over 128
+# images per view, the published linear readout. digits: configs/digits.py
+# (16 px: blur kernel int(1.6) = 1, a no-op; whole-batch BN; the fast readout,
+# which keeps the demo table cheap: --readout published for the paper's).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "stl10": {"eval.readout": "published", "eval.image_size": 96,
+              "model.bn_group_size": 128, "augment.blur_kernel_size": 3},
+    "cifar10": {"eval.readout": "published", "eval.image_size": 32,
+                "model.bn_group_size": 128, "augment.blur_kernel_size": 3},
+    "cifar100": {"eval.readout": "published", "eval.image_size": 32,
+                 "model.bn_group_size": 128, "augment.blur_kernel_size": 3},
+    "digits": {"eval.readout": "fast", "eval.image_size": 16,
+               "model.bn_group_size": 0, "augment.blur_kernel_size": 1},
+}
+from hcl_jax.config_check import READOUTS  # noqa: E402  (light: no JAX)
+
+
+def protocol_flags(table: str, readout: str | None = None) -> list[str]:
+  """--config.* flags of the table's evaluation protocol (``readout`` overrides)."""
+  _check_table(table)
+  protocol = dict(PROTOCOLS[table])
+  if readout is not None:
+    if readout not in READOUTS:
+      raise ValueError(f"readout={readout!r}: expected one of {list(READOUTS)}.")
+    protocol["eval.readout"] = readout
+  return [f"--config.{key}={value}" for key, value in protocol.items()]
+
+
 def cell_flags(cell: Cell, seed: int) -> list[str]:
   return [f"--config.seed={seed}", f"--config.loss.name={cell.loss_name}",
           f"--config.loss.tau_plus={cell.tau_plus}", f"--config.loss.beta={cell.beta}"]
@@ -183,7 +217,8 @@ def cell_flags(cell: Cell, seed: int) -> list[str]:
 
 def plan_runs(table: str, *, seeds: int, root: str = DEFAULT_ROOT,
               epochs: int | None = None, extra: Sequence[str] = (),
-              python: str = sys.executable, look_up_status: bool = True) -> list[Run]:
+              python: str = sys.executable, look_up_status: bool = True,
+              readout: str | None = None) -> list[Run]:
   """Every cell x seed of ``table``, cell-major, with its command and status
   (read from the workdirs, local or gs://; "new" for all without
   ``look_up_status``)."""
@@ -203,7 +238,7 @@ def plan_runs(table: str, *, seeds: int, root: str = DEFAULT_ROOT,
       workdir = run_workdir(root, table, cell, seed)
       config = config_path(table, cell)
       argv = [python, "-m", "hcl_jax.main", "--config", config, "--workdir", workdir,
-              *cell_flags(cell, seed)]
+              *cell_flags(cell, seed), *protocol_flags(table, readout)]
       if epochs is not None:
         argv.append(f"--config.num_epochs={epochs}")
       argv += list(extra)
@@ -327,6 +362,59 @@ def summarize(table: str, results: Mapping[str, Sequence[Mapping[str, Any]]]
   return summaries
 
 
+BASELINE = "simclr"   # the paired differences are against this cell
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+  """A cell minus the baseline (SimCLR), seed by seed (same init and data order).
+
+  n: seeds finished in both; mean: mean difference (percentage points);
+  low, high: its 95 % t-interval, mean -+ t(0.975, n - 1) * sd / sqrt(n)
+  (nan with fewer than 2 pairs).
+  """
+  n: int
+  mean: float
+  low: float
+  high: float
+
+  @property
+  def resolved(self) -> bool:
+    """The interval excludes 0 (a gap these seeds resolve)."""
+    return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
+
+
+def paired_difference(runs: Sequence[Mapping[str, Any]],
+                      baseline_runs: Sequence[Mapping[str, Any]],
+                      key: str = "linear_top1") -> PairedDifference:
+  """``key`` of ``runs`` minus that of ``baseline_runs`` with the same seed."""
+  base = {int(r["seed"]): float(r[key]) for r in baseline_runs}
+  diffs = [float(r[key]) - base[int(r["seed"])] for r in runs if int(r["seed"]) in base]
+  n = len(diffs)
+  if n == 0:
+    return PairedDifference(0, math.nan, math.nan, math.nan)
+  mean = statistics.fmean(diffs)
+  if n < 2:
+    return PairedDifference(n, mean, math.nan, math.nan)
+  from scipy import stats  # only for the t quantile
+  half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)
+  return PairedDifference(n, mean, mean - half, mean + half)
+
+
+def _readouts(runs: Sequence[Mapping[str, Any]]) -> str:
+  """The readout protocol(s) of these runs' results.json ("fast?" if unrecorded)."""
+  names = sorted({str(r.get("readout", "fast?")) for r in runs})
+  return ", ".join(names) if names else "—"
+
+
+def _diff_text(d: PairedDifference) -> str:
+  if d.n == 0 or math.isnan(d.mean):
+    return "—"
+  if math.isnan(d.low):
+    return f"{d.mean:+.2f} (n={d.n})"
+  return f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]{' *' if d.resolved else ''}"
+
+
 def _pm(mean: float, std: float) -> str:
   if math.isnan(mean):
     return "—"
@@ -359,23 +447,43 @@ def render_markdown(table: str, results: Mapping[str, Sequence[Mapping[str, Any]
       "",
       f"Total wall time (sum of the runs' `wall_time_s`): {_hours(total_wall)}.",
       "",
-      "| loss | beta | tau+ | published linear | ours linear | ours kNN | seeds |",
-      "|---|---|---|---|---|---|---|",
+      "Δ columns: the cell minus SimCLR, seed by seed (the same seed gives both runs the "
+      "same initialisation and data order), as the mean difference in percentage points "
+      "and its 95 % t-interval over the seeds; * marks an interval that excludes 0 (a gap "
+      "these seeds resolve), the others are within noise. readout: the linear-readout "
+      "protocol recorded in the runs' results.json (published = image/linear.py: "
+      "augmented images, network in train mode; fast = cached unaugmented features; "
+      "fast? = not recorded, made before the protocol was recorded).",
+      "",
+      "| loss | beta | tau+ | published linear | ours linear | Δ linear vs SimCLR [95 % CI] "
+      "| ours kNN | Δ kNN vs SimCLR [95 % CI] | readout | seeds |",
+      "|---|---|---|---|---|---|---|---|---|---|",
   ]
+  base = list(results.get(BASELINE, ()))
   for s in summaries:
+    runs = list(results.get(s.cell.name, ()))
     published = f"{s.published:.2f}" if s.published is not None else "—"
     seeds = f"{s.n}" if expected_seeds is None else f"{s.n}/{expected_seeds}"
+    if s.cell.name == BASELINE:
+      d_lin = d_knn = "(baseline)"
+    else:
+      d_lin = _diff_text(paired_difference(runs, base, "linear_top1"))
+      d_knn = _diff_text(paired_difference(runs, base, "knn_top1"))
     lines.append(f"| {s.cell.label} | {s.cell.beta:g} | {s.cell.tau_plus:g} | {published} "
-                 f"| {_pm(s.linear_mean, s.linear_std)} | {_pm(s.knn_mean, s.knn_std)} "
-                 f"| {seeds} |")
+                 f"| {_pm(s.linear_mean, s.linear_std)} | {d_lin} "
+                 f"| {_pm(s.knn_mean, s.knn_std)} | {d_knn} | {_readouts(runs)} | {seeds} |")
   if png_name:
     lines += ["", f"![{table} linear top-1]({png_name})"]
-  lines += ["", "## Runs", "", "| cell | seed | linear | kNN | wall time (s) |",
-            "|---|---|---|---|---|"]
+  lines += ["", "## Runs", "",
+            "| cell | seed | linear | kNN | readout | eval px | BN group | wall time (s) |",
+            "|---|---|---|---|---|---|---|---|"]
   for cell in CELLS:
     for r in sorted(results.get(cell.name, ()), key=lambda r: r["seed"]):
+      group = r.get("bn_group_size", "?")
       lines.append(f"| {cell.name} | {r['seed']} | {float(r['linear_top1']):.2f} | "
-                   f"{float(r['knn_top1']):.2f} | {float(r.get('wall_time_s', 0.0)):,.0f} |")
+                   f"{float(r['knn_top1']):.2f} | {r.get('readout', 'fast?')} | "
+                   f"{r.get('eval_image_size', '?')} | {'batch' if group == 0 else group} | "
+                   f"{float(r.get('wall_time_s', 0.0)):,.0f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -390,9 +498,10 @@ def plot_results(table: str, results: Mapping[str, Sequence[Mapping[str, Any]]],
   names = [f"{s.cell.label}\nβ={s.cell.beta:g} τ+={s.cell.tau_plus:g}" for s in summaries]
   x = range(len(summaries))
   width = 0.27
-  fig = Figure(figsize=(9, 4.5), dpi=100)
+  fig = Figure(figsize=(14, 4.5), dpi=100)
   FigureCanvasAgg(fig)
-  ax = fig.add_subplot()
+  ax, ax_diff = fig.subplots(1, 2, gridspec_kw={"width_ratios": (3, 2)})
+  _plot_differences(ax_diff, table, results)
 
   def bars(offset, values, errors, label, color):
     errs = None if all(math.isnan(e) for e in errors) else [
@@ -417,6 +526,27 @@ def plot_results(table: str, results: Mapping[str, Sequence[Mapping[str, Any]]],
   ax.legend(loc="upper left", ncols=3, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, format="png")
+
+
+def _plot_differences(ax, table: str,
+                      results: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+  """Paired differences to SimCLR (linear and kNN) with their 95 % t-intervals."""
+  base = list(results.get(BASELINE, ()))
+  cells = [c for c in CELLS if c.name != BASELINE]
+  for offset, key, label, color in ((-0.15, "linear_top1", "linear", "tab:blue"),
+                                    (0.15, "knn_top1", "kNN", "tab:cyan")):
+    diffs = [paired_difference(list(results.get(c.name, ())), base, key) for c in cells]
+    xs = [i + offset for i, d in enumerate(diffs) if not math.isnan(d.mean)]
+    ys = [d.mean for d in diffs if not math.isnan(d.mean)]
+    err = [[0.0 if math.isnan(d.low) else d.mean - d.low for d in diffs if not math.isnan(d.mean)],
+           [0.0 if math.isnan(d.high) else d.high - d.mean for d in diffs
+            if not math.isnan(d.mean)]]
+    ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=4, color=color, label=label)
+  ax.axhline(0.0, color="gray", linewidth=0.8)
+  ax.set_xticks(range(len(cells)), [f"{c.label}\nβ={c.beta:g}" for c in cells], fontsize=8)
+  ax.set_ylabel("top-1 minus SimCLR, same seed (points)")
+  ax.set_title(f"{table}: paired difference to SimCLR, 95 % t-interval", fontsize=10)
+  ax.legend(fontsize=8)
 
 
 def write_report(table: str, results: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -460,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"ROOT of the runs' workdirs (default {DEFAULT_ROOT})")
   parser.add_argument("--epochs", type=_positive_int, default=None,
                       help="override config.num_epochs (quick checks)")
+  parser.add_argument("--readout", choices=READOUTS, default=None,
+                      help="linear readout protocol (default: the table's: 'published' for "
+                      "stl10/cifar10/cifar100, 'fast' for digits)")
   parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR,
                       help=f"where <table>.md and <table>.png go (default {DEFAULT_OUT_DIR})")
   mode = parser.add_mutually_exclusive_group()
@@ -587,7 +720,7 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     return 0
 
   runs = plan_runs(args.table, seeds=args.seeds or 1, root=args.workdir,
-                   epochs=args.epochs, extra=args.extra,
+                   epochs=args.epochs, extra=args.extra, readout=args.readout,
                    look_up_status=not args.tpu_commands)  # commands only: no bucket access
   error = check_configs(runs)
   if error:

@@ -155,7 +155,8 @@ def build_train_step(config: Any, model: nn.Module, steps_per_epoch: int
     def loss_fn(params):
       (_, projections), updates = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-          num_views=2, mutable=["batch_stats"])
+          num_views=2, bn_groups=models.bn_groups_for(config.model, num_images),
+          mutable=["batch_stats"])
       z = projections.reshape(num_images, 2, -1)   # float32, unit rows
       loss, metrics = losses.hcl_loss_and_metrics(
           z[:, 0], z[:, 1], temperature=temperature, tau_plus=tau_plus, beta=beta,

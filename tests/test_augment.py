@@ -168,3 +168,28 @@ def test_eval_view_resizes_and_normalizes():
   out = aug.eval_view(tf.constant(image), size=8, mean=(0.5, 0.5, 0.5),
                       std=(0.5, 0.5, 0.5)).numpy()
   np.testing.assert_allclose(out, np.ones((8, 8, 3)), atol=1e-6)
+
+
+def test_train_view_blurs_last_with_the_published_probability():
+  """crop (whole image), no flip/jitter/grey, then the blur: every view is the
+  normalised image or its 3x3 blur at some sigma in [0.1, 2] (checked on the
+  centre pixel of a point image), about half of them blurred."""
+  image = np.zeros((7, 7, 3), np.float32)
+  image[3, 3] = 1.0
+  config = _augment_config(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0,
+                           jitter_prob=0.0, grayscale_prob=0.0, blur_kernel_size=3,
+                           blur_prob=0.5, blur_sigma=(0.1, 2.0))
+  mean, std = aug.CIFAR10_MEAN, aug.CIFAR10_STD
+  out = _over_seeds(lambda x, s: aug.train_view(x, s, config, size=7, mean=mean, std=std),
+                    image) * np.array(std, np.float32) + np.array(mean, np.float32)
+  plain = np.all(np.abs(out - image) < 1e-5, axis=(1, 2, 3))
+  centre = out[~plain, 3, 3, 0]
+  w = lambda sigma: np.exp(-np.array([1.0, 0.0, 1.0]) / (2 * sigma ** 2))
+  lo, hi = (w(2.0)[1] / w(2.0).sum()) ** 2, (w(0.1)[1] / w(0.1).sum()) ** 2
+  assert np.all((centre >= lo - 1e-5) & (centre <= hi + 1e-5))
+  assert abs(plain.mean() - 0.5) < 4 * np.sqrt(0.25 / N_DRAWS)
+  # digits' kernel 1 (int(0.1 * 16)): never blurred.
+  config.blur_kernel_size = 1
+  out = _over_seeds(lambda x, s: aug.train_view(x, s, config, size=7, mean=mean, std=std),
+                    image, n=20) * np.array(std, np.float32) + np.array(mean, np.float32)
+  np.testing.assert_allclose(out, np.broadcast_to(image, out.shape), atol=1e-5)

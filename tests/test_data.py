@@ -199,13 +199,26 @@ def test_mocked_tfds_pipelines(tmp_path, name, image_side):
     assert (data.steps_per_epoch, data.num_examples) == (_MOCK_N // 8, _MOCK_N)
     batches = _take(data.dataset, 6)
     resumed = _take(make_pretrain_dataset(config, start_step=3).dataset, 3)
+    resized = _take(make_eval_dataset(config, split="test", augment=False, batch_size=12), 10)
+    # The published test_transform: no resize (STL-10 at 96x96), as the paper configs set.
+    config.eval.image_size = image_side
     test = _take(make_eval_dataset(config, split="test", augment=False, batch_size=12), 10)
+    bank = _take(make_eval_dataset(config, split="train", augment=False, batch_size=12), 1)
+    readout_train = _take(make_eval_dataset(config, split="train", augment=True,
+                                            batch_size=12), 1)
+    raw = next(iter(tfds.load(name, split="test", data_dir=str(tmp_path), download=False,
+                              shuffle_files=False).batch(12).as_numpy_iterator()))["image"]
   _assert_batches_equal(batches[3:], resumed)
   assert batches[0]["view1"].shape == (8, 32, 32, 3)
   assert np.all(np.any(batches[0]["view1"] != batches[0]["view2"], axis=(1, 2, 3)))
   assert len(test) == 3 and sum(b["mask"].sum() for b in test) == _MOCK_N
-  assert test[0]["image"].shape == (12, 32, 32, 3)
-  del image_side
+  assert resized[0]["image"].shape == (12, 32, 32, 3)       # eval.image_size 0: image_size
+  assert test[0]["image"].shape == (12, image_side, image_side, 3)
+  assert bank[0]["image"].shape == (12, image_side, image_side, 3)
+  assert readout_train[0]["image"].shape == (12, 32, 32, 3)  # training crops stay 32
+  # Unresized: exactly (raw / 255 - mean) / std of the stored image.
+  mean, std = np.array(config.data.mean), np.array(config.data.std)
+  np.testing.assert_allclose(test[0]["image"], (raw / 255.0 - mean) / std, atol=1e-5)
 
 
 # ---------------------------------------------------- missing / bad input

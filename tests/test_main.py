@@ -345,6 +345,11 @@ def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, 
     ("batch_size", 60, "config.batch_size=60 must be a multiple of the number of devices (8)"),
     ("dataset", "mnist", "config.dataset must be one of"),
     ("model.name", "vgg16", "config.model.name must be one of"),
+    ("eval.readout", "linear", "config.eval.readout must be one of"),
+    ("eval.image_size", -1, "config.eval.image_size must be an int >= 0"),
+    ("model.bn_group_size", 3, "config.model.bn_group_size must be 0"),
+    ("augment.blur_kernel_size", 2, "config.augment.blur_kernel_size must be an odd int"),
+    ("augment.blur_prob", 1.5, "config.augment.blur_prob must be in [0, 1]"),
 ])
 def test_config_errors_before_compiling(monkeypatch, tmp_path, key, value, message):
   def no_compile(*args, **kwargs):

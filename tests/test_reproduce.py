@@ -86,6 +86,11 @@ def test_dry_run_lists_every_cell_and_seed(tmp_path, table):
     assert float(flag(argv, "loss.beta")) == beta
     assert flag(argv, "num_epochs") == "7"
     assert argv[-1] == "--config.data_dir=/tfds"
+    # The evaluation protocol is spelled out in every command (issue 13).
+    assert flag(argv, "eval.readout") == ("fast" if table == "digits" else "published")
+    assert flag(argv, "eval.image_size") == {"stl10": "96", "digits": "16"}.get(table, "32")
+    assert flag(argv, "model.bn_group_size") == ("0" if table == "digits" else "128")
+    assert flag(argv, "augment.blur_kernel_size") == ("1" if table == "digits" else "3")
     config = option(argv, "--config")
     assert config == ("configs/digits.py" if table == "digits"
                       else f"configs/{table}_{method}.py")
@@ -191,19 +196,31 @@ def test_report_from_fake_results(tmp_path):
     cols = [c.strip() for c in by_cell[cell].strip("|").split("|")]
     assert cols[3] == published
     runs = fake.get(cell, [])
-    assert cols[6] == f"{len(runs)}/3"
+    assert cols[9] == f"{len(runs)}/3"
     if not runs:
-      assert cols[4] == "—" and cols[5] == "—"
+      assert cols[4] == "—" and cols[6] == "—" and cols[5] == "—"
       continue
+    assert cols[8] == "fast?"   # results.json without a "readout" key
     linear = [r[0] for r in runs]
     knn = [r[1] for r in runs]
     if len(runs) == 1:
-      assert cols[4] == f"{linear[0]:.2f}" and cols[5] == f"{knn[0]:.2f}"
+      assert cols[4] == f"{linear[0]:.2f}" and cols[6] == f"{knn[0]:.2f}"
     else:
       assert cols[4] == f"{statistics.mean(linear):.2f} ± {statistics.stdev(linear):.2f}"
-      assert cols[5] == f"{statistics.mean(knn):.2f} ± {statistics.stdev(knn):.2f}"
+      assert cols[6] == f"{statistics.mean(knn):.2f} ± {statistics.stdev(knn):.2f}"
   # By hand: simclr linear 80, 81, 82.5 -> mean 81.17, sample std 1.26.
   assert "| 81.17 ± 1.26 |" in by_cell["simclr"]
+  # Paired differences to SimCLR by hand. hard_beta2 - simclr, seeds 0-2:
+  # 6, 7, 4.5: mean 5.8333, sd 1.2583, t(0.975, 2) = 4.3027 (tables):
+  # half-width 4.3027 * 1.2583 / sqrt(3) = 3.1258 -> [2.71, 8.96], excludes 0.
+  assert "| +5.83 [+2.71, +8.96] * |" in by_cell["hard_beta2"]
+  # debiased: 4, 4 (sd 0) -> [4, 4]; hard_beta1: one pair, no interval.
+  assert "| +4.00 [+4.00, +4.00] * |" in by_cell["debiased"]
+  assert "| +7.25 (n=1) |" in by_cell["hard_beta1"]
+  # kNN: hard_beta2 - simclr = 7, 7.5, 7: mean 7.1667, sd 0.2887,
+  # half 4.3027 * 0.2887 / sqrt(3) = 0.7172 -> [6.45, 7.88].
+  assert "| +7.17 [+6.45, +7.88] * |" in by_cell["hard_beta2"]
+  assert "(baseline)" in by_cell["simclr"]
   total = sum(r[2] for runs in fake.values() for r in runs)
   assert total == 1190.0
   assert "Total wall time (sum of the runs' `wall_time_s`): 1,190 s (0.33 h)" in text
@@ -328,6 +345,13 @@ def test_paper_configs_have_published_values(dataset, method, loss, tau_plus, be
   assert config.eval.linear_weight_decay == 1e-6
   assert config.eval.knn_k == 200 and config.eval.knn_temperature == 0.5
   assert config.data.shuffle_buffer == {"stl10": 105_000}.get(dataset, 50_000)
+  # The published protocol (issue 13): blur kernel int(0.1 * 32), evaluation at
+  # the dataset's own size, 2 GPUs x 128 images per BatchNorm, image/linear.py.
+  assert config.augment.blur_kernel_size == 3 and config.augment.blur_prob == 0.5
+  assert tuple(config.augment.blur_sigma) == (0.1, 2.0)
+  assert config.eval.image_size == {"stl10": 96}.get(dataset, 32)
+  assert config.model.bn_group_size == 128
+  assert config.eval.readout == "published"
   # Every schema key (configs/digits.py) is there: main may read any of them.
   assert set(flatten(load_config("digits"))) == set(flatten(config))
   assert f"--config configs/{dataset}_{method}.py" in open(
@@ -339,3 +363,19 @@ def test_digits_config_unchanged():
   assert (config.model.name, config.model.width_multiplier, config.num_epochs) == (
       "resnet18", 0.25, 30)
   assert (config.loss.name, config.loss.tau_plus, config.loss.beta) == ("hcl", 0.1, 1.0)
+
+
+def test_readout_override_and_results_record_protocol(tmp_path):
+  _, commands = dry_run(tmp_path, "--table", "stl10", "--readout", "fast")
+  assert all(flag(argv, "eval.readout") == "fast" for argv in commands)
+  assert all(flag(argv, "eval.image_size") == "96" for argv in commands)
+  run = tmp_path / "runs" / "digits" / "simclr" / "seed0"
+  run.mkdir(parents=True)
+  (run / "results.json").write_text(json.dumps(
+      {"linear_top1": 80.0, "knn_top1": 70.0, "seed": 0, "readout": "published",
+       "eval_image_size": 96, "bn_group_size": 128}))
+  md, _ = reproduce.write_report("digits", reproduce.collect_results(tmp_path / "runs", "digits"),
+                                 tmp_path / "out", "cmd")
+  text = md.read_text()
+  assert "| SimCLR | 0 | 0 | — | 80.00 | (baseline) | 70.00 | (baseline) | published | 1 |" in text
+  assert "| simclr | 0 | 80.00 | 70.00 | published | 96 | 128 |" in text

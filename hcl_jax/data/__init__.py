@@ -9,10 +9,11 @@
 """
 
 from hcl_jax.data.global_arrays import global_batches, to_global
-from hcl_jax.data.pipeline import PretrainData, make_eval_dataset, make_pretrain_dataset
+from hcl_jax.data.pipeline import (PretrainData, eval_image_size, make_eval_dataset,
+                                   make_pretrain_dataset)
 from hcl_jax.data.sources import DATASETS, DatasetNotPreparedError, load_builder
 
 __all__ = [
-    "DATASETS", "DatasetNotPreparedError", "PretrainData", "global_batches",
+    "DATASETS", "DatasetNotPreparedError", "PretrainData", "eval_image_size", "global_batches",
     "load_builder", "make_eval_dataset", "make_pretrain_dataset", "to_global",
 ]

@@ -16,9 +16,23 @@ The semantics follow torchvision, which the published code uses:
   clipped to [0, 1] after each op.
 - ``random_grayscale``: ITU-R 601 luma (0.299, 0.587, 0.114), repeated to 3
   channels.
+- ``random_blur``: the published code's ``GaussianBlur`` (image/utils.py):
+  with probability 0.5, OpenCV's ``cv2.GaussianBlur(img, (k, k), sigma)``
+  with sigma ~ U(0.1, 2.0): a separable kernel exp(-x^2 / (2 sigma^2)),
+  x = -(k-1)/2 .. (k-1)/2, normalised to sum 1, the same sigma in both
+  directions, OpenCV's default border BORDER_REFLECT_101 (``tf.pad`` mode
+  REFLECT: the edge pixel is not repeated). The published k is
+  int(0.1 * 32) = 3 for every dataset; k = 1 is the identity (digits at 16 px:
+  int(0.1 * 16) = 1, so the blur is a no-op there, as the formula gives).
 
 ``train_view`` composes them as in the paper: crop -> flip -> (jitter with
-prob p) -> grayscale -> normalize. ``eval_view`` only resizes and normalizes.
+prob p) -> grayscale -> blur -> normalize. ``eval_view`` only normalizes
+(and resizes when asked to).
+
+The published code applies these ops to PIL uint8 images, so it rounds to
+uint8 after every op; here the image stays float32 from the crop on. Measured
+against torchvision and OpenCV in tests/test_torchvision_parity.py and
+tests/test_blur_opencv.py (the per-op errors are in their docstrings).
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ from collections.abc import Callable, Sequence
 from hcl_jax.data._tf import tf
 
 # Per-op seed streams, folded into a view's seed so no two ops share one.
-_CROP, _FLIP, _JITTER, _GRAY = range(4)
+_CROP, _FLIP, _JITTER, _GRAY, _BLUR = range(5)
 _CROP_TRIES = 10
 # Mean and std the published code uses for every dataset (CIFAR-10's).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -67,27 +81,18 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.image.resize(image, (size, size), method="bilinear", antialias=True)
 
 
-def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
-                        scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tf.Tensor:
-  """A random crop of area fraction ~ scale and aspect ~ ratio, resized.
+def crop_box(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, *,
+             scale: Sequence[float] = (0.08, 1.0),
+             ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[tf.Tensor, ...]:
+  """torchvision ``RandomResizedCrop.get_params``: (top, left, crop_h, crop_w).
 
-  Args:
-    image: float32 [H, W, 3].
-    seed: [2] seed.
-    size: output height and width.
-    scale: (low, high) fraction of the image area, 0 < low <= high.
-    ratio: (low, high) width / height, 0 < low <= high (sampled log-uniform).
-
-  Returns:
-    float32 [size, size, 3].
+  Ten tries of area fraction ~ U(scale) and log aspect ~ U(log ratio), sides
+  rounded half to even (Python's ``round``, as torchvision); the first try
+  that fits is kept with a uniform position. If none fits: the largest
+  centred crop whose aspect ratio is within ``ratio``.
   """
   s_lo, s_hi = _check_range("crop_scale", scale, 1e-6)
   r_lo, r_hi = _check_range("crop_ratio", ratio, 1e-6)
-  if size < 1:
-    raise ValueError(f"size={size!r}: must be a positive int.")
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
   h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
   seeds = [fold_in(seed, k) for k in range(4)]
   area = h_f * w_f * tf.random.stateless_uniform([_CROP_TRIES], seeds[0], s_lo, s_hi)
@@ -109,8 +114,34 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
   left = tf.random.stateless_uniform([], seeds[3], 0, width - crop_w + 1, dtype=tf.int32)
   top = tf.where(any_ok, top, (height - crop_h) // 2)
   left = tf.where(any_ok, left, (width - crop_w) // 2)
-  crop = tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w)
-  return resize(crop, size)
+  return top, left, crop_h, crop_w
+
+
+def resized_crop(image: tf.Tensor, top, left, crop_h, crop_w, *, size: int) -> tf.Tensor:
+  """The box (top, left, crop_h, crop_w) of ``image``, resized to size x size."""
+  return resize(tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w), size)
+
+
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
+                        scale: Sequence[float] = (0.08, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+  """A random crop of area fraction ~ scale and aspect ~ ratio, resized.
+
+  Args:
+    image: float32 [H, W, 3].
+    seed: [2] seed.
+    size: output height and width.
+    scale: (low, high) fraction of the image area, 0 < low <= high.
+    ratio: (low, high) width / height, 0 < low <= high (sampled log-uniform).
+
+  Returns:
+    float32 [size, size, 3].
+  """
+  if size < 1:
+    raise ValueError(f"size={size!r}: must be a positive int.")
+  shape = tf.shape(image)
+  box = crop_box(shape[0], shape[1], seed, scale=scale, ratio=ratio)
+  return resized_crop(image, *box, size=size)
 
 
 def random_apply(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], image: tf.Tensor,
@@ -176,6 +207,22 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, brightness: float = 0.4,
   if not 0 <= hue <= 0.5:
     raise ValueError(f"hue={hue!r}: must be in [0, 0.5].")
 
+  order, b, c, s, h = jitter_params(seed, brightness=brightness, contrast=contrast,
+                                    saturation=saturation, hue=hue)
+  branches = [lambda x: adjust_brightness(x, b), lambda x: adjust_contrast(x, c),
+              lambda x: adjust_saturation(x, s), lambda x: adjust_hue(x, h)]
+  for k in range(4):
+    image = tf.switch_case(order[k], [lambda f=f: f(image) for f in branches])
+  return image
+
+
+def jitter_params(seed: tf.Tensor, *, brightness: float, contrast: float,
+                  saturation: float, hue: float) -> tuple[tf.Tensor, ...]:
+  """torchvision ``ColorJitter.get_params``: (order [4], b, c, s, h).
+
+  ``order`` is a uniform permutation of (0 brightness, 1 contrast,
+  2 saturation, 3 hue); factors ~ U(max(0, 1 - v), 1 + v), hue ~ U(-h, h).
+  """
   def factor(k: int, strength: float) -> tf.Tensor:
     return tf.random.stateless_uniform(
         [], fold_in(seed, k), max(0.0, 1.0 - strength), 1.0 + strength)
@@ -183,11 +230,55 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, brightness: float = 0.4,
   b, c, s = factor(0, brightness), factor(1, contrast), factor(2, saturation)
   h = tf.random.stateless_uniform([], fold_in(seed, 3), -hue, hue)
   order = tf.random.experimental.stateless_shuffle(tf.range(4), fold_in(seed, 4))
-  branches = [lambda x: adjust_brightness(x, b), lambda x: adjust_contrast(x, c),
-              lambda x: adjust_saturation(x, s), lambda x: adjust_hue(x, h)]
-  for k in range(4):
-    image = tf.switch_case(order[k], [lambda f=f: f(image) for f in branches])
-  return image
+  return order, b, c, s, h
+
+
+def gaussian_kernel(sigma: tf.Tensor, kernel_size: int) -> tf.Tensor:
+  """OpenCV ``getGaussianKernel(k, sigma)`` for sigma > 0: float32 [k], sum 1."""
+  x = tf.range(kernel_size, dtype=tf.float32) - (kernel_size - 1) / 2.0
+  w = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+  return w / tf.reduce_sum(w)
+
+
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, *, kernel_size: int) -> tf.Tensor:
+  """``cv2.GaussianBlur(image, (k, k), sigma)`` of a float [H, W, C] image.
+
+  Separable: rows, then columns, with OpenCV's default border
+  BORDER_REFLECT_101 (``tf.pad`` REFLECT). ``kernel_size`` k must be odd;
+  k = 1 returns the image unchanged (OpenCV's 1-tap kernel is [1]).
+  """
+  _check_kernel_size(kernel_size)
+  if kernel_size == 1:
+    return image
+  r = kernel_size // 2
+  w = gaussian_kernel(sigma, kernel_size)
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  x = tf.pad(image, [[r, r], [r, r], [0, 0]], mode="REFLECT")
+  # k shifted slices: for the 3-tap kernel this is cheaper than a conv.
+  x = tf.add_n([w[i] * x[:, i:i + width, :] for i in range(kernel_size)])
+  return tf.add_n([w[i] * x[i:i + height, :, :] for i in range(kernel_size)])
+
+
+def _check_kernel_size(kernel_size: int) -> int:
+  if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or (
+      kernel_size < 1 or kernel_size % 2 == 0):
+    raise ValueError(f"blur_kernel_size={kernel_size!r}: must be an odd int >= 1 "
+                     "(OpenCV's GaussianBlur needs an odd size; 1 = no blur).")
+  return kernel_size
+
+
+def random_blur(image: tf.Tensor, seed: tf.Tensor, *, kernel_size: int,
+                sigma: Sequence[float] = (0.1, 2.0), prob: float = 0.5) -> tf.Tensor:
+  """The published ``GaussianBlur``: with probability ``prob``, sigma ~ U(sigma)."""
+  lo, hi = _check_range("blur_sigma", sigma, 1e-6)
+  _check_kernel_size(kernel_size)
+  if kernel_size == 1:
+    return image   # the identity whatever sigma: skip the coin
+  return random_apply(
+      lambda x, s: gaussian_blur(x, tf.random.stateless_uniform([], s, lo, hi),
+                                 kernel_size=kernel_size),
+      image, seed, prob)
 
 
 def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
@@ -213,13 +304,19 @@ def train_view(image: tf.Tensor, seed: tf.Tensor, augment_config, *, size: int,
                                 saturation=a.saturation, hue=a.hue),
       x, fold_in(seed, _JITTER), a.jitter_prob)
   x = random_grayscale(x, fold_in(seed, _GRAY), prob=a.grayscale_prob)
+  x = random_blur(x, fold_in(seed, _BLUR), kernel_size=int(a.get("blur_kernel_size", 1)),
+                  sigma=a.get("blur_sigma", (0.1, 2.0)), prob=a.get("blur_prob", 0.5))
   return normalize(x, mean, std)
 
 
-def eval_view(image: tf.Tensor, *, size: int, mean: Sequence[float],
+def eval_view(image: tf.Tensor, *, size: int | None, mean: Sequence[float],
               std: Sequence[float]) -> tf.Tensor:
-  """No augmentation: [H, W, C] -> float32 [size, size, 3], resized if needed."""
+  """No augmentation: [H, W, C] -> float32 [size, size, 3], resized if needed.
+
+  ``size=None`` keeps the image's own size (the published ``test_transform``:
+  STL-10 is evaluated at 96x96).
+  """
   x = to_float(image) if image.dtype == tf.uint8 else image
-  if x.shape[0] != size or x.shape[1] != size:
+  if size is not None and (x.shape[0] != size or x.shape[1] != size):
     x = resize(x, size)
   return normalize(x, mean, std)

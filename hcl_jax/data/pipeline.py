@@ -32,7 +32,10 @@ Readout and kNN::
   ds = make_eval_dataset(config, split="test", augment=False)
 
 yields one pass of {"image": float32 [b, S, S, 3], "label": int64 [b],
-"mask": bool [b]}: every example of the host's part exactly once, in order
+"mask": bool [b]}, S = ``eval_image_size(config)`` unaugmented (the
+published ``test_transform`` has no resize: STL-10 is evaluated at 96x96, the
+encoder pools globally) and config.image_size augmented (the training crop):
+every example of the host's part exactly once, in order
 (or shuffled for ``shuffle=True``), then zero images with mask False and
 label -1 to fill the last batch; all hosts yield the same number of batches.
 
@@ -89,6 +92,13 @@ def data_option(config, name: str):
   if data is not None and name in data:
     return data[name]
   return _DATA_DEFAULTS[name]
+
+
+def eval_image_size(config) -> int:
+  """Side of unaugmented evaluation images: config.eval.image_size, 0 -> image_size."""
+  ev = config.get("eval", None) if hasattr(config, "get") else None
+  size = int(ev.get("image_size", 0)) if ev is not None else 0
+  return size or int(config.image_size)
 
 
 def _processes(process_index, process_count) -> tuple[int, int]:
@@ -236,7 +246,8 @@ def make_eval_dataset(config, *, split: str, augment: bool, batch_size: int | No
               for p in range(count)]
   num_batches = math.ceil(max(per_host) / local_batch)
   padding = num_batches * local_batch - per_host[index]
-  size = int(config.image_size)
+  train_size = int(config.image_size)
+  size = train_size if augment else eval_image_size(config)
   mean, std = tuple(data_option(config, "mean")), tuple(data_option(config, "std"))
   seed = int(config.seed)
 
@@ -250,7 +261,7 @@ def make_eval_dataset(config, *, split: str, augment: bool, batch_size: int | No
   def transform(position, ex):
     if augment:
       image = aug.train_view(ex["image"], _key(seed, _EVAL, index, epoch, position),
-                             config.augment, size=size, mean=mean, std=std)
+                             config.augment, size=train_size, mean=mean, std=std)
     else:
       image = aug.eval_view(ex["image"], size=size, mean=mean, std=std)
     return {"image": image, "label": ex["label"], "mask": tf.constant(True)}

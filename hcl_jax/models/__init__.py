@@ -13,8 +13,8 @@ from hcl_jax.models.resnet import (BasicBlock, BottleneckBlock, ContrastiveModel
 
 __all__ = [
     "MODELS", "STEMS", "BasicBlock", "BottleneckBlock", "ContrastiveModel",
-    "ProjectionHead", "ResNet", "ViewBatchNorm", "create_model", "l2_normalize",
-    "validate_model_config",
+    "ProjectionHead", "ResNet", "ViewBatchNorm", "bn_groups_for", "create_model",
+    "l2_normalize", "validate_bn_group_size", "validate_model_config",
 ]
 
 # name -> (stage sizes, block, expansion)
@@ -43,6 +43,29 @@ def validate_model_config(model_config: Any) -> None:
     value = model_config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"config.model.{key} must be an int >= 1; got {value!r}.")
+
+
+def bn_groups_for(model_config: Any, batch_size: int) -> int:
+  """Ghost-BN chunks per view of a ``batch_size``-image pre-training batch.
+
+  ``config.model.bn_group_size`` = 0 (the default): 1, statistics over the
+  whole per-view batch. Else ``batch_size // bn_group_size``: the number of
+  GPUs of a DataParallel run whose every BatchNorm sees ``bn_group_size``
+  images of one view (the published run: 256 / 128 = 2). The published
+  readout splits its batches into the same number of chunks.
+  """
+  size = int(model_config.get("bn_group_size", 0))
+  return 1 if size == 0 else max(1, batch_size // size)
+
+
+def validate_bn_group_size(model_config: Any, batch_size: int) -> None:
+  """``config.model.bn_group_size``: 0 or an int >= 2 that divides batch_size."""
+  size = model_config.get("bn_group_size", 0)
+  if isinstance(size, bool) or not isinstance(size, int) or size < 0 or size == 1 or (
+      size and batch_size % size):
+    raise ValueError(
+        f"config.model.bn_group_size must be 0 (statistics over the whole per-view batch) or "
+        f"an int >= 2 dividing config.batch_size={batch_size}; got {size!r}.")
 
 
 def create_model(config: Any) -> ContrastiveModel:

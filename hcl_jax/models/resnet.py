@@ -13,6 +13,14 @@ per view (over the ``B`` rows of that view, on all devices), which reproduces
 the per-view statistics of the published code exactly, and the layout keeps
 both views of an image on the same device when the batch is sharded, so
 stacking the views costs no communication.
+
+Ghost BatchNorm (``num_groups > 1``, from ``config.model.bn_group_size``):
+the published run used two GPUs with ``nn.DataParallel``, which splits each
+forward's batch into contiguous chunks (``torch.chunk``), one per GPU, and
+every BatchNorm replica normalises its chunk with the chunk's own statistics.
+With ``num_groups = G`` each view's ``B`` rows are split the same way: chunk
+size ``ceil(B / G)``, row ``b`` of the view in chunk ``b // ceil(B / G)``
+(so, like torch.chunk, fewer than G chunks when B is small).
 """
 
 from __future__ import annotations
@@ -48,9 +56,17 @@ class ViewBatchNorm(nn.Module):
   one per view; the difference is O(momentum^2) and affects only evaluation).
   Statistics are computed in float32 whatever the compute dtype.
 
+  With ``num_groups = G > 1`` (ghost BatchNorm, see the module docstring)
+  each view's rows are further split into contiguous chunks of
+  ``ceil(B / G)`` rows, and each chunk is normalised with its own
+  statistics; the running averages get the mean of the chunks' statistics
+  (DataParallel keeps only GPU 0's; the mean has less noise, and the running
+  averages only matter for evaluation).
+
   Attributes:
     use_running_average: evaluation mode (normalise with the running averages).
     num_views: V, the number of views stacked in the leading axis (1: plain BN).
+    num_groups: G, ghost-BN chunks per view (1: statistics over the whole view).
     momentum: running average decay (0.9 here = PyTorch momentum 0.1).
     epsilon: added to the variance (PyTorch's 1e-5).
     dtype: output dtype (None: input dtype).
@@ -58,6 +74,7 @@ class ViewBatchNorm(nn.Module):
   """
   use_running_average: bool = False
   num_views: int = 1
+  num_groups: int = 1
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = None
@@ -85,15 +102,32 @@ class ViewBatchNorm(nn.Module):
           f"ViewBatchNorm: the batch ({x.shape[0]} rows) must be a multiple of num_views={views}.")
     # [N, ..., C] -> [B, V, M, C]: statistics over B and M (batch and spatial).
     xf = x.astype(jnp.float32).reshape(x.shape[0] // views, views, -1, features)
-    mean = jnp.mean(xf, axis=(0, 2))                                      # [V, C]
-    var = jnp.maximum(jnp.mean(jnp.square(xf), axis=(0, 2)) - jnp.square(mean), 0.0)
+    if self.num_groups == 1:
+      mean = jnp.mean(xf, axis=(0, 2))                                    # [V, C]
+      var = jnp.maximum(jnp.mean(jnp.square(xf), axis=(0, 2)) - jnp.square(mean), 0.0)
+      ra_mean_new, ra_var_new = jnp.mean(mean, axis=0), jnp.mean(var, axis=0)
+      mul = jax.lax.rsqrt(var + self.epsilon) * scale                       # [V, C]
+      add = bias - mean * mul
+      y = xf * mul[None, :, None, :] + add[None, :, None, :]
+    else:
+      rows = xf.shape[0]
+      chunk = -(-rows // self.num_groups)
+      groups = -(-rows // chunk)                  # torch.chunk: maybe fewer chunks
+      one_hot = jax.nn.one_hot(jnp.arange(rows) // chunk, groups, dtype=jnp.float32)  # [B, G]
+      counts = jnp.sum(one_hot, axis=0) * xf.shape[2]                      # [G]
+      mean = jnp.einsum("bg,bvmc->gvc", one_hot, xf) / counts[:, None, None]
+      var = jnp.maximum(jnp.einsum("bg,bvmc->gvc", one_hot, jnp.square(xf))
+                        / counts[:, None, None] - jnp.square(mean), 0.0)  # [G, V, C]
+      ra_mean_new, ra_var_new = jnp.mean(mean, axis=(0, 1)), jnp.mean(var, axis=(0, 1))
+      mul = jax.lax.rsqrt(var + self.epsilon) * scale                       # [G, V, C]
+      add = bias - mean * mul
+      row_mul = jnp.einsum("bg,gvc->bvc", one_hot, mul)                     # [B, V, C]
+      row_add = jnp.einsum("bg,gvc->bvc", one_hot, add)
+      y = xf * row_mul[:, :, None, :] + row_add[:, :, None, :]
     if not self.is_initializing():
       m = self.momentum
-      ra_mean.value = m * ra_mean.value + (1.0 - m) * jnp.mean(mean, axis=0)
-      ra_var.value = m * ra_var.value + (1.0 - m) * jnp.mean(var, axis=0)
-    mul = jax.lax.rsqrt(var + self.epsilon) * scale                         # [V, C]
-    add = bias - mean * mul
-    y = xf * mul[None, :, None, :] + add[None, :, None, :]
+      ra_mean.value = m * ra_mean.value + (1.0 - m) * ra_mean_new
+      ra_var.value = m * ra_var.value + (1.0 - m) * ra_var_new
     return y.reshape(x.shape).astype(dtype)
 
 
@@ -165,12 +199,16 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool, num_views: int = 1) -> Array:
-    """x: [N, H, W, 3] -> features [N, F] (F = 8 * base_width * expansion)."""
+  def __call__(self, x: Array, train: bool, num_views: int = 1,
+               bn_groups: int = 1) -> Array:
+    """x: [N, H, W, 3] -> features [N, F] (F = 8 * base_width * expansion).
+
+    ``bn_groups``: ghost-BN chunks per view in training mode (ViewBatchNorm).
+    """
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
                              kernel_init=conv_kernel_init)
     norm = functools.partial(self.norm, use_running_average=not train,
-                             num_views=num_views, dtype=self.dtype)
+                             num_views=num_views, num_groups=bn_groups, dtype=self.dtype)
     x = x.astype(self.dtype)
     if self.stem == "cifar":
       x = conv(self.base_width, (3, 3), (1, 1), name="stem_conv")(x)
@@ -197,11 +235,12 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool, num_views: int = 1) -> Array:
+  def __call__(self, x: Array, train: bool, num_views: int = 1,
+               bn_groups: int = 1) -> Array:
     """x: [N, F] -> [N, out_dim] (not normalised)."""
     x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype, name="hidden")(x)
-    x = self.norm(use_running_average=not train, num_views=num_views, dtype=self.dtype,
-                  name="hidden_norm")(x)
+    x = self.norm(use_running_average=not train, num_views=num_views, num_groups=bn_groups,
+                  dtype=self.dtype, name="hidden_norm")(x)
     x = nn.relu(x)
     return nn.Dense(self.out_dim, use_bias=True, dtype=self.dtype, name="out")(x)
 
@@ -216,14 +255,17 @@ class ContrastiveModel(nn.Module):
   encoder: ResNet
   head: ProjectionHead
 
-  def __call__(self, x: Array, train: bool, num_views: int = 1) -> tuple[Array, Array]:
+  def __call__(self, x: Array, train: bool, num_views: int = 1,
+               bn_groups: int = 1) -> tuple[Array, Array]:
     """x: [N, H, W, 3] (views image-major/view-minor if num_views > 1).
+
+    ``bn_groups``: ghost-BN chunks per view (``bn_groups_for``).
 
     Returns float32 ``(features [N, F], projections [N, P])``, rows of unit
     L2 norm. The head sees the unnormalised features, as in the published code.
     """
-    h = self.encoder(x, train, num_views)
-    z = self.head(h, train, num_views)
+    h = self.encoder(x, train, num_views, bn_groups)
+    z = self.head(h, train, num_views, bn_groups)
     return l2_normalize(h), l2_normalize(z)
 
   def encode(self, x: Array) -> Array:
