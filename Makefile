@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= workdirs/digits
 PYTEST_ARGS ?=
 
-.PHONY: venv test train bench clean
+.PHONY: venv test test-slow train bench clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# Subprocess-heavy tests share an xdist_group, so they run on one worker and
+# don't oversubscribe the 2 cores; tests marked slow run in `make test-slow`.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -p no:xdist -m slow $(PYTEST_ARGS)
 
 train: $(STAMP)
 	$(PY) -m hcl_jax.main --config configs/digits.py --workdir $(WORKDIR)

@@ -267,6 +267,7 @@ def _run_loop(workdir, total, *extra_args):
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.xdist_group("subprocess")
 def test_sigterm_saves_exits_zero_and_resume_matches_straight_run(tmp_path):
   total = 120
   straight = _run_loop(tmp_path / "straight", total)

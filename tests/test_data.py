@@ -21,6 +21,7 @@ from hcl_jax import mesh as mesh_lib  # noqa: E402
 from hcl_jax.data import (DatasetNotPreparedError, global_batches,  # noqa: E402
                           make_eval_dataset, make_pretrain_dataset)
 from hcl_jax.data import digits as digits_lib  # noqa: E402
+from hcl_jax.data import sources  # noqa: E402
 from hcl_jax.data.augment import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 
 
@@ -177,6 +178,56 @@ def test_eval_multi_process_padding_and_augment(config):
     make_eval_dataset(config, split="val", augment=False)
 
 
+# ------------------------------------------------- which examples each host reads
+
+
+@pytest.fixture()
+def index_as_label(monkeypatch):
+  """Every digits example read with its index (its sklearn row) as its label.
+
+  The pipelines pass the label through untouched, so each batch says which
+  examples it holds: two hosts' batches differ anyway (the augmentation seeds
+  include the process index), the examples they read must not overlap.
+  """
+  def read(builder, split):
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            read_config=tfds.ReadConfig(try_autocache=False))
+    return ds.map(lambda ex: {"image": ex["image"], "label": ex["index"]})
+
+  monkeypatch.setattr(sources, "read", read)
+
+
+def test_pretrain_hosts_read_disjoint_examples(config, index_as_label, monkeypatch):
+  # A whole epoch per host; the views don't matter here, so skip augmenting.
+  from hcl_jax.data import pipeline
+  monkeypatch.setattr(pipeline.aug, "train_view",
+                      lambda image, *a, size, **k: pipeline.tf.zeros((size, size, 3)))
+  train = set(digits_lib.split_indices()["train"].tolist())
+  config.batch_size = 128
+  per_host = []
+  for p in range(2):
+    data = make_pretrain_dataset(config, process_index=p, process_count=2)
+    epoch = _take(data.dataset, data.steps_per_epoch)  # 718 per host: 11 batches of 64
+    per_host.append(np.concatenate([b["label"] for b in epoch]))
+  for seen in per_host:
+    assert len(seen) == 11 * 64 and len(set(seen)) == len(seen)  # no repeat in an epoch
+    assert set(seen) <= train
+  assert not set(per_host[0]) & set(per_host[1])
+
+
+def test_eval_hosts_read_disjoint_examples(config, index_as_label):
+  # The padding/mask test above counts 360 real rows; overlapping hosts would
+  # pass it as long as each read half as many. The real rows must be the test
+  # split, each example on exactly one host.
+  real = []
+  for p in range(2):
+    for b in _take(make_eval_dataset(config, split="test", augment=False, batch_size=64,
+                                     process_index=p, process_count=2), 100):
+      real.append(b["label"][b["mask"]])
+  real = np.concatenate(real)
+  assert sorted(real.tolist()) == sorted(digits_lib.split_indices()["test"].tolist())
+
+
 # ------------------------------------------------------- mocked TFDS data
 
 _MOCK_N = support.MOCK_EXAMPLES
@@ -219,6 +270,8 @@ def test_mocked_tfds_pipelines(tmp_path, name, image_side):
   # Unresized: exactly (raw / 255 - mean) / std of the stored image.
   mean, std = np.array(config.data.mean), np.array(config.data.std)
   np.testing.assert_allclose(test[0]["image"], (raw / 255.0 - mean) / std, atol=1e-5)
+  # The source images themselves are at the dataset's side (STL-10: 96 px).
+  assert raw.shape[1:] == (image_side, image_side, 3)
 
 
 # ---------------------------------------------------- missing / bad input

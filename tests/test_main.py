@@ -43,9 +43,9 @@ from hcl_jax.mesh import make_mesh  # noqa: E402
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _IMAGE_SIZE = 8
 _BATCH = 64
-_EPOCHS = 2
+_EPOCHS = 1
 # digits' train split has 1,437 images; the pipeline drops the last partial batch.
-_STEPS = _EPOCHS * (1437 // _BATCH)  # 44
+_STEPS = _EPOCHS * (1437 // _BATCH)  # 22
 _FAKE_EVAL = {"linear_top1": 12.5, "knn_top1": 25.0}
 
 # The tiny run, as (key, value) pairs for both ConfigDict and the CLI.
@@ -57,10 +57,13 @@ _TINY = {
     "model.width_multiplier": 0.0625,
     "model.projection_hidden_dim": 16,
     "model.projection_dim": 8,
-    "eval.linear_epochs": 2,
+    "optimizer.learning_rate": 1e-2,   # 22 steps: learn fast enough to beat random init
+    "augment.crop_scale": (0.5, 1.0),   # crops of 8 px images keep at least half of them
+    "eval.linear_epochs": 50,
+    "eval.linear_learning_rate": 1e-2,
     "eval.knn_k": 10,
     "log_every_steps": 1,
-    "checkpoint_every_steps": 10,
+    "checkpoint_every_steps": 5,
     "keep_checkpoints": 3,
 }
 
@@ -191,6 +194,7 @@ def straight_run(data_dir, tmp_path_factory):
 # ------------------------------------------------------------------ end to end
 
 
+@pytest.mark.xdist_group("subprocess")
 def test_end_to_end_on_digits(straight_run):
   workdir, config, returned = straight_run
   with open(os.path.join(workdir, "results.json")) as f:
@@ -199,6 +203,15 @@ def test_end_to_end_on_digits(straight_run):
   for block in (results, results["random_init"]):
     for key in ("linear_top1", "knn_top1"):
       assert 0 <= block[key] <= 100, (key, block)
+  # Measured (seed 0): linear readout 58.1% trained vs 51.4% at random init
+  # (24 of the 360 test images), kNN 57.8% vs 57.2%; chance is 10%. The run is
+  # deterministic on one machine; another XLA build rounds differently and
+  # may flip a few predictions, so the test asks for half the measured gap
+  # (3 points, 11 images) and for both readouts to be far above chance. kNN
+  # is not compared with random init: random conv features of digits
+  # already give 57%, and 22 steps don't move that.
+  assert results["linear_top1"] >= results["random_init"]["linear_top1"] + 3.0, results
+  assert results["linear_top1"] >= 3 * 10 and results["knn_top1"] >= 3 * 10, results
   assert results["steps"] == _STEPS
   assert (results["dataset"], results["loss"], results["seed"]) == ("digits", "hcl", 0)
 
@@ -208,14 +221,14 @@ def test_end_to_end_on_digits(straight_run):
     for key in ("step", "epoch", "loss", "lr", "beta", "clamped_fraction", "images_per_sec"):
       assert key in m, (key, m)
     assert math.isfinite(m["loss"]) and 0 <= m["clamped_fraction"] <= 1
-    assert m["beta"] == config.loss.beta and m["lr"] == pytest.approx(1e-3)
+    assert m["beta"] == config.loss.beta and m["lr"] == pytest.approx(1e-2)
   assert lines[0]["epoch"] == 1 and lines[-1]["epoch"] == _EPOCHS
 
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   assert saved["model"]["width_multiplier"] == 0.0625 and saved["batch_size"] == _BATCH
-  # every 10 steps plus the final one, the last keep_checkpoints=3 kept.
-  assert _steps_on_disk(workdir) == [30, 40, _STEPS]
+  # every 5 steps plus the final one, the last keep_checkpoints=3 kept.
+  assert _steps_on_disk(workdir) == [15, 20, _STEPS]
 
 
 def test_end_to_end_accuracies_in_tensorboard(straight_run):
@@ -232,6 +245,7 @@ def test_end_to_end_accuracies_in_tensorboard(straight_run):
 # ------------------------------------------------------------ kill and resume
 
 
+@pytest.mark.xdist_group("subprocess")
 def test_sigkill_and_resume_matches_straight_run(straight_run, data_dir, tmp_path):
   straight_dir, config, _ = straight_run
   workdir = str(tmp_path / "killed")
@@ -276,6 +290,7 @@ def test_sigkill_and_resume_matches_straight_run(straight_run, data_dir, tmp_pat
 # -------------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.xdist_group("subprocess")
 def test_sigterm_saves_exits_0_and_rerun_finishes(straight_run, data_dir, tmp_path, fake_eval):
   straight_dir, config, _ = straight_run
   workdir = str(tmp_path / "preempted")
@@ -307,6 +322,7 @@ def test_sigterm_saves_exits_0_and_rerun_finishes(straight_run, data_dir, tmp_pa
 # --------------------------------------------------------- truncated checkpoint
 
 
+@pytest.mark.xdist_group("subprocess")
 def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, fake_eval):
   straight_dir, config, _ = straight_run
   workdir = str(tmp_path / "copy")
@@ -323,11 +339,11 @@ def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, 
     results = main_lib.train_and_evaluate(config, workdir)
   assert any(f"Checkpoint step {_STEPS} " in r.getMessage() and "unreadable" in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
-  assert any(f"Resuming from checkpoint step 40 " in r.getMessage() for r in caplog.records)
+  assert any(f"Resuming from checkpoint step 20 " in r.getMessage() for r in caplog.records)
   assert glob.glob(os.path.join(workdir, "checkpoints", f"{_STEPS}.unreadable-*"))
   assert results["steps"] == _STEPS
 
-  # Steps 41..44 were redone: the same parameters and losses as the original.
+  # Steps 21..22 were redone: the same parameters and losses as the original.
   lines, straight_lines = _metrics(workdir), _metrics(straight_dir)
   assert [m["step"] for m in lines] == list(range(1, _STEPS + 1))
   assert [m["loss"] for m in lines] == [m["loss"] for m in straight_lines]
@@ -365,6 +381,7 @@ def test_config_errors_before_compiling(monkeypatch, tmp_path, key, value, messa
   assert not os.path.exists(tmp_path / "work" / "checkpoints")
 
 
+@pytest.mark.xdist_group("subprocess")
 def test_cli_config_error_is_one_line(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "hcl_jax.main"]

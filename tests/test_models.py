@@ -122,3 +122,30 @@ def test_stacked_views_equal_separate_forward_passes():
   (_, z2), _ = model.apply(variables, v2, train=True, mutable=["batch_stats"])
   np.testing.assert_allclose(z[0::2], z1, atol=2e-5)
   np.testing.assert_allclose(z[1::2], z2, atol=2e-5)
+
+
+# torchvision's num_params at full width (pytorch.org/vision/stable/models:
+# ResNet18/34/50_Weights.IMAGENET1K_V1: 11,689,512 / 21,797,672 / 25,557,032),
+# less its fc layer (512 or 2048 x 1000 weights + 1000 biases). The CIFAR stem
+# is a 3x3 instead of a 7x7 conv from 3 to 64 channels: 7,680 fewer weights
+# (resnet50: 23,508,032 -> 23,500,352, as measured with torchvision).
+_TORCHVISION_WITHOUT_FC = {"resnet18": 11_689_512 - 513_000,
+                           "resnet34": 21_797_672 - 513_000,
+                           "resnet50": 25_557_032 - 2_049_000}
+_CIFAR_STEM_SAVES = (7 * 7 - 3 * 3) * 3 * 64
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_full_width_parameter_counts_match_torchvision(name, stem):
+  config = get_config()
+  config.model.name, config.model.stem, config.model.width_multiplier = name, stem, 1.0
+  model = models.create_model(config)
+  # Shapes only (jax.eval_shape): no full-width weights are allocated.
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)),
+                                                train=False))
+  count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]["encoder"]))
+  expected = _TORCHVISION_WITHOUT_FC[name] - (_CIFAR_STEM_SAVES if stem == "cifar" else 0)
+  assert count == expected, (name, stem, count, expected)
+  if (name, stem) == ("resnet50", "cifar"):
+    assert count == 23_500_352
