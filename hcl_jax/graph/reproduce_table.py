@@ -36,6 +36,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from hcl_jax.graph.config import BETAS, DATASETS, REPEATS
+from hcl_jax.reproduce import _positive_int  # the same argparse type as the image tables
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = "workdirs/reproduce"
@@ -270,16 +271,6 @@ def write_report(table: str, results, out_dir, command: str, **kw) -> tuple[path
 
 # --------------------------------------------------------------------------
 # Command line.
-
-
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-  return value
 
 
 def _betas(text: str) -> tuple[float, ...]:
