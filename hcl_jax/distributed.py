@@ -39,7 +39,6 @@ import urllib.request
 from typing import Sequence
 
 from absl import flags
-import jax
 
 __all__ = [
     "DistributedInfo",
@@ -200,6 +199,7 @@ def initialize_distributed(
     DistributedInitError: not every process joined within the timeout, or
       the coordinator could not be reached (one line naming the cause).
   """
+  import jax  # here, not at import: `--help` and config errors come before JAX starts
   if initialization_timeout_s is None:
     initialization_timeout_s = _flag_value(_INIT_TIMEOUT_S) or _INIT_TIMEOUT_S.default
   if (isinstance(initialization_timeout_s, bool)
@@ -247,6 +247,7 @@ def _initialize_explicit(coordinator_address: str | None,
                          local_device_ids: list[int] | None,
                          initialization_timeout_s: int) -> str:
   """Validates an explicit cluster spec and initialises; returns the mode."""
+  import jax  # here, not at import: `--help` and config errors come before JAX starts
   missing = [name for name, value in (
       ("coordinator_address", coordinator_address),
       ("num_processes", num_processes),
@@ -289,6 +290,7 @@ def _call_initialize(timeout_s: int, kwargs: dict) -> None:
   itself (a fatal "DEADLINE_EXCEEDED ... RegisterTask" log line, no Python
   exception), so the line printed before it is what explains the wait.
   """
+  import jax  # here, not at import: `--help` and config errors come before JAX starts
   where = (f"process {kwargs['process_id']} of {kwargs['num_processes']}, coordinator "
            f"{kwargs['coordinator_address']}" if kwargs else "Cloud TPU pod slice")
   print(f"jax.distributed.initialize ({where}): waiting up to {timeout_s} s for every "
@@ -312,6 +314,7 @@ def wait_for_all_processes(name: str, timeout_s: int = 600) -> None:
   context set-up ("GetKeyValue() timed out"); this barrier, with a long
   timeout, lines the processes up first. No-op on one process.
   """
+  import jax  # here, not at import: `--help` and config errors come before JAX starts
   if jax.process_count() == 1:
     return
   from jax._src import distributed as jax_distributed  # the runtime's client
