@@ -302,7 +302,9 @@ class MetricLogger:
     scalars ``eval/<name>`` at training step ``step``, beside the training
     curves. (results.json, not metrics.jsonl, keeps them for programs.)"""
     if self.enabled and self._tb is not None:
-      self._tb.write(int(step), {f"eval/{k}": float(v) for k, v in accuracies.items()})
+      # Numbers only: the evaluation also names its protocol (readout: "fast").
+      self._tb.write(int(step), {f"eval/{k}": float(v) for k, v in accuracies.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
   def eta_seconds(self, step: int, now: float | None = None) -> float:
     """Remaining time at the rate seen since the first ``log`` call (which

@@ -72,7 +72,7 @@ class Pod:
   """N processes of one hcl_jax.main run; ``logs[i]`` is process i's output file."""
   procs: list[subprocess.Popen]
   logs: list[pathlib.Path]
-  crash_seen: dict[int, float] = dataclasses.field(default_factory=dict)
+  crash_seen: dict[int, tuple[float, int]] = dataclasses.field(default_factory=dict)
 
   def output(self, index: int) -> str:
     return self.logs[index].read_text(errors="replace")
@@ -135,18 +135,42 @@ def start_pod(*, processes: int, devices_per_process: int, workdir: str, data_di
 
 
 _CRASH_GRACE_S = 60.0
+_GLOG_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d")
+
+
+def _ends_with_traceback(output: str) -> bool:
+  """Whether the last thing printed is a Python traceback (its final line the
+  exception). A traceback that a library merely logged (gcsfs retrying, say)
+  is followed by more output and doesn't count."""
+  _, marker, tail = output.rpartition("Traceback (most recent call last)")
+  if not marker:
+    return False
+  # Frames are indented; the exception is the first line that is not. After it
+  # only C++ runtime log lines (glog: "E1201 08:11:48.726519 ...") may follow.
+  lines = [line for line in tail.splitlines()[1:] if line.strip()]
+  for i, line in enumerate(lines):
+    if not line.startswith((" ", "\t")):
+      return all(_GLOG_LINE.match(rest) for rest in lines[i + 1:])
+  return False
 
 
 def _crashed(pod: Pod) -> list[int]:
-  """Processes that printed a Python traceback but still run after a grace
-  period (JAX's exit handler can wait forever for the other processes)."""
+  """Processes whose output has ended with a Python traceback for a grace
+  period while they still run (JAX's exit handler can wait forever for the
+  other processes)."""
   now = time.monotonic()
   crashed = []
   for index, proc in enumerate(pod.procs):
-    if proc.poll() is None and "Traceback (most recent call last)" in pod.output(index):
-      first_seen = pod.crash_seen.setdefault(index, now)
+    output = pod.output(index)
+    if proc.poll() is None and _ends_with_traceback(output):
+      first_seen, length = pod.crash_seen.get(index, (now, len(output)))
+      if length != len(output):  # printed more since: still alive
+        first_seen = now
+      pod.crash_seen[index] = (first_seen, len(output))
       if now - first_seen > _CRASH_GRACE_S:
         crashed.append(index)
+    else:
+      pod.crash_seen.pop(index, None)
   return crashed
 
 

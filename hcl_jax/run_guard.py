@@ -331,9 +331,8 @@ class Attempts:
     records = self._previous + [{"start": round(self.start, 3),
                                  "last_seen": round(time.time(), 3),
                                  "host": socket.gethostname(), "pid": os.getpid()}]
-    tmp = self.path.parent / f"{ATTEMPTS_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(records, indent=1) + "\n")
-    tmp.replace(self.path)
+    from hcl_jax import workdir_fs  # atomic locally; one upload on gs:// (no rename there)
+    workdir_fs.write_text(self.path, json.dumps(records, indent=1) + "\n")
 
 
 def hold_workdir(workdir: str | os.PathLike, *, is_main: bool) -> "_HeldWorkdir":

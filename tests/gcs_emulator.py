@@ -25,7 +25,14 @@ def gcs():
 
 @pytest.fixture(scope="module")
 def gcs_env(gcs):
+  # epath decides once per process whether gs:// goes through TensorFlow
+  # (functools.cache on EPATH_USE_TF): forget that decision while the emulator's
+  # variables are set, and again after, so neither this module nor the next
+  # one in the same worker keeps the other's backend.
+  from etils.epath import gpath
   with pytest.MonkeyPatch.context() as patch:
     for name, value in gcs.env().items():
       patch.setenv(name, value)
+    gpath._is_tf_installed.cache_clear()
     yield gcs
+  gpath._is_tf_installed.cache_clear()

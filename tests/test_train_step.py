@@ -101,7 +101,7 @@ def test_one_and_eight_devices_agree(runs):
   chex.assert_trees_all_close(state1.batch_stats, state8.batch_stats, rtol=1e-4, atol=1e-6)
   assert int(state8.step) == STEPS
   assert set(hist1[0]) == {"loss", "clamped_fraction", "positive_similarity",
-                           "negative_similarity", "beta", "lr"}
+                           "negative_similarity", "beta", "lr", "grad_norm", "nonfinite"}
   # The parameters moved (the equality is not vacuous).
   kernel = runs["host_state"].params["head"]["out"]["kernel"]
   assert np.abs(state8.params["head"]["out"]["kernel"] - kernel).max() > 1e-4
