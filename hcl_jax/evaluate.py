@@ -75,8 +75,6 @@ __all__ = [
     "evaluate_encoder",
 ]
 
-# config.eval.readout: see configs/digits.py and hcl_jax/readout_published.py.
-from hcl_jax.config_check import READOUTS  # noqa: E402  (the readout protocols)
 
 # Cosine similarities decide which neighbours are kept, and logits are small
 # dot products: TPU's default bf16 matmul passes would perturb both, so ask for

@@ -46,7 +46,7 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "from the checkpoints' (more epochs never need this).")
 
 # The run-level checks live with the other config checks (hcl_jax.config_check).
-from hcl_jax.config_check import DATASETS, validate_run_config  # noqa: E402,F401
+from hcl_jax.config_check import validate_run_config  # noqa: E402
 
 
 def train_and_evaluate(config: Any, workdir: str, *,

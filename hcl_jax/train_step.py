@@ -17,7 +17,6 @@ runs the two views through the network one after the other.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping
 
 import flax

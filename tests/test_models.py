@@ -5,7 +5,6 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
