@@ -7,9 +7,13 @@ mock_data(policy=USE_FILES) needs a dataset_info.json in data_dir.
 import os
 import runpy
 
+import pytest
 import tensorflow_datasets as tfds
 
 MOCK_EXAMPLES = 32
+# What the end-to-end tests' stand-in for the (slow) evaluation returns.
+FAKE_EVAL = {"linear_top1": 12.5, "knn_top1": 25.0}
+DIGITS_TEST_SIDE = 8  # the tiny end-to-end runs' image side
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,3 +34,19 @@ def write_mock_metadata(data_dir: str, name: str, split_sizes: dict[str, int]) -
   builder.info.set_splits(tfds.core.SplitDict(splits))
   os.makedirs(builder.data_dir, exist_ok=True)
   builder.info.write_to_directory(builder.data_dir)
+
+
+@pytest.fixture()
+def fake_eval(monkeypatch):
+  """evaluate_encoder replaced by FAKE_EVAL, in this process."""
+  from hcl_jax import evaluate
+  monkeypatch.setattr(evaluate, "evaluate_encoder", lambda *a, **k: dict(FAKE_EVAL))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """digits at DIGITS_TEST_SIDE px, built once per module (and its subprocesses)."""
+  from hcl_jax.data import digits as digits_lib
+  path = str(tmp_path_factory.mktemp("tfds"))
+  digits_lib.digits_builder(path, DIGITS_TEST_SIDE)
+  return path

@@ -24,11 +24,16 @@ def oracle_loss(z1, z2, t, tau, beta, detach_weights=False, xp=np, s_offset=0.0)
   similarities rounded to float32, to measure the formula's own conditioning.
   """
   z = xp.concatenate([z1, z2], axis=0)
-  z = z / xp.linalg.norm(z, axis=1, keepdims=True)
-  n = z.shape[0]
+  return oracle_loss_of_unit_rows(z / xp.linalg.norm(z, axis=1, keepdims=True), t, tau, beta,
+                                  detach_weights, xp=xp, s_offset=s_offset)
+
+
+def oracle_loss_of_unit_rows(u, t, tau, beta, detach_weights=False, xp=np, s_offset=0.0):
+  """oracle_loss of the already-normalised rows u = concat(z1, z2) / |.|, [2B, D]."""
+  n = u.shape[0]
   b = n // 2
   big_n = n - 2
-  s = z @ z.T / t + s_offset
+  s = u @ u.T / t + s_offset
   idx = np.arange(n)
   pos_idx = (idx + b) % n
   neg = np.ones((n, n), bool)

@@ -17,26 +17,10 @@ import numpy as np
 import pytest
 
 from hcl_jax import losses
+from test_losses import oracle_loss_of_unit_rows  # tests/ is on sys.path under pytest
 
 EPS = 1e-12  # F.normalize's
 T, TAU, BETA = 0.5, 0.1, 1.0
-
-
-def oracle_loss_of_unit_rows(u, t, tau, beta):
-  """HCL from the formula (docs/reference.md), in float64, of already-normalised rows."""
-  n = u.shape[0]
-  b, big_n = n // 2, n - 2
-  s = u @ u.T / t
-  idx = np.arange(n)
-  pos_idx = (idx + b) % n
-  neg = np.ones((n, n), bool)
-  neg[idx, idx] = False
-  neg[idx, pos_idx] = False
-  pos = jnp.exp(s[idx, pos_idx])
-  w = jnp.where(neg, jnp.exp(beta * s), 0.0)
-  r = big_n * jnp.sum(w * jnp.exp(s), axis=1) / jnp.sum(w, axis=1)
-  ng = jnp.maximum((r - tau * big_n * pos) / (1 - tau), big_n * jnp.exp(-1.0 / t))
-  return jnp.mean(jnp.log1p(ng / pos))
 
 
 def expected_loss_and_grads(z1, z2, t, tau, beta):
@@ -44,7 +28,8 @@ def expected_loss_and_grads(z1, z2, t, tau, beta):
   norms = np.linalg.norm(z, axis=1, keepdims=True)
   u = z / np.maximum(norms, EPS)
   with jax.enable_x64(True):
-    loss, g_u = jax.value_and_grad(oracle_loss_of_unit_rows)(jnp.asarray(u), t, tau, beta)
+    loss, g_u = jax.value_and_grad(
+        lambda v: oracle_loss_of_unit_rows(v, t, tau, beta, xp=jnp))(jnp.asarray(u))
   g_u = np.asarray(g_u)
   g_z = np.where(norms > EPS,
                  (g_u - u * np.sum(u * g_u, axis=1, keepdims=True)) / np.maximum(norms, EPS),

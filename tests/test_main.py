@@ -29,24 +29,23 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import support  # noqa: E402  (tests/ is on sys.path under pytest)
+import support  # noqa: E402
+from support import data_dir, fake_eval  # noqa: E402,F401  (fixtures)  (tests/ is on sys.path under pytest)
 import tensorflow_datasets as tfds  # noqa: E402
 
-from hcl_jax import evaluate  # noqa: E402
 from hcl_jax import main as main_lib  # noqa: E402
 from hcl_jax import models  # noqa: E402
 from hcl_jax import train_step as train_step_lib  # noqa: E402
 from hcl_jax.checkpointing import Checkpointer  # noqa: E402
-from hcl_jax.data import digits as digits_lib  # noqa: E402
 from hcl_jax.mesh import make_mesh  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_IMAGE_SIZE = 8
+_IMAGE_SIZE = support.DIGITS_TEST_SIDE  # the data_dir fixture builds digits at this side
 _BATCH = 64
 _EPOCHS = 1
 # digits' train split has 1,437 images; the pipeline drops the last partial batch.
 _STEPS = _EPOCHS * (1437 // _BATCH)  # 22
-_FAKE_EVAL = {"linear_top1": 12.5, "knn_top1": 25.0}
+_FAKE_EVAL = support.FAKE_EVAL
 
 # The tiny run, as (key, value) pairs for both ConfigDict and the CLI.
 _TINY = {
@@ -169,17 +168,6 @@ def _assert_same_state(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.fixture()
-def fake_eval(monkeypatch):
-  monkeypatch.setattr(evaluate, "evaluate_encoder", lambda *a, **k: dict(_FAKE_EVAL))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """digits at 8px, built once for every test (and subprocess) here."""
-  path = str(tmp_path_factory.mktemp("tfds"))
-  digits_lib.digits_builder(path, _IMAGE_SIZE)
-  return path
 
 
 @pytest.fixture(scope="module")

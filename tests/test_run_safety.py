@@ -26,20 +26,20 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import support  # noqa: E402
+from support import data_dir, fake_eval  # noqa: E402,F401  (fixtures)
 from hcl_jax import divergence  # noqa: E402
 from hcl_jax import evaluate  # noqa: E402
 from hcl_jax import evaluate_cli  # noqa: E402
 from hcl_jax import main as main_lib  # noqa: E402
 from hcl_jax import run_guard  # noqa: E402
 from hcl_jax.checkpointing import IncompatibleCheckpoint  # noqa: E402
-from hcl_jax.data import digits as digits_lib  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BATCH = 64
 _STEPS = 1437 // _BATCH  # one epoch: 22 steps
-_FAKE_EVAL = {"linear_top1": 12.5, "knn_top1": 25.0}
+_FAKE_EVAL = support.FAKE_EVAL
 _TINY = {
-    "image_size": 8, "batch_size": _BATCH, "num_epochs": 1, "model.name": "resnet18",
+    "image_size": support.DIGITS_TEST_SIDE, "batch_size": _BATCH, "num_epochs": 1, "model.name": "resnet18",
     "model.width_multiplier": 0.0625, "model.projection_hidden_dim": 16,
     "model.projection_dim": 8, "eval.linear_epochs": 1, "eval.knn_k": 10,
     "log_every_steps": 1, "checkpoint_every_steps": 5, "keep_checkpoints": 3,
@@ -147,16 +147,6 @@ def _checkpoint_leaves_finite(workdir, step):
   return all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.floating))
 
 
-@pytest.fixture()
-def fake_eval(monkeypatch):
-  monkeypatch.setattr(evaluate, "evaluate_encoder", lambda *a, **k: dict(_FAKE_EVAL))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("tfds"))
-  digits_lib.digits_builder(path, 8)
-  return path
 
 
 @pytest.fixture(scope="module")
