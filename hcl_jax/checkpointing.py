@@ -165,6 +165,7 @@ class Checkpointer:
       )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     _quiet_closed_loop_errors().__enter__()  # failed saves print the same noise
+    _quiet_os_error_records()
 
   # -- queries ---------------------------------------------------------------
 
@@ -417,6 +418,39 @@ class _quiet_closed_loop_errors:
 
   def __exit__(self, *exc):
     return False
+
+
+class _OsErrorRecords(logging.Filter):
+  """Drops orbax's ERROR records of an OS-level write failure (a full disk).
+
+  One failed save makes orbax log the same error (an ``OSError`` such as
+  ``[Errno 28] No space left on device``, or TensorStore's ``...
+  [os_error_code='28']``) with a traceback from each of its threads (three
+  or four, ~200-300 lines), and then raise it; the run reports that
+  exception as one line naming the path and the cause
+  (``run_guard.one_line_errors``). Other orbax records pass.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+      seen.add(id(exc))
+      if isinstance(exc, OSError) and exc.errno is not None:
+        return False
+      if "os_error_code=" in str(exc):
+        return False
+      exc = exc.__cause__ or exc.__context__
+    message = record.getMessage()
+    return "os_error_code=" not in message and "[Errno " not in message
+
+
+def _quiet_os_error_records() -> None:
+  absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
+  if not any(isinstance(f, _OsErrorRecords) for f in absl_logger.filters):
+    absl_logger.addFilter(_OsErrorRecords())
 
 
 def _first_line(e: BaseException) -> str:

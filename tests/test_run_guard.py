@@ -310,3 +310,36 @@ def test_shape_change_is_refused_on_eight_devices_not_confused_with_chunks(tmp_p
     with pytest.raises(IncompatibleCheckpoint):
       ckpt.restore_latest({"w": jnp.ones((3, 3, 4))})
   assert sorted(os.listdir(tmp_path)) == ["1"]
+
+
+def test_orbax_records_of_an_os_error_are_dropped_others_kept(tmp_path):
+  # A full disk made orbax log the error with a traceback from each of its
+  # threads (~200-300 lines) before the run's one line; measured on a 1.5 MB
+  # tmpfs (benchmarks/fault_sweep.py): 4 tracebacks before, 0 after.
+  import logging
+
+  from hcl_jax import checkpointing
+
+  checkpointing.Checkpointer(tmp_path / "ckpt", keep=1, save_every_steps=1).close()
+  absl_filters = [f for f in logging.getLogger("absl").filters
+                  if isinstance(f, checkpointing._OsErrorRecords)]
+  assert len(absl_filters) == 1
+  keep = absl_filters[0].filter
+
+  def record(path, level=logging.ERROR, msg="failed", exc=None):
+    exc_info = (type(exc), exc, None) if exc is not None else None
+    return logging.LogRecord("absl", level, path, 1, msg, (), exc_info)
+
+  orbax = "/venv/site-packages/orbax/checkpoint/_src/futures/future.py"
+  full = OSError(28, "No space left on device")
+  wrapped = ValueError("commit failed")
+  wrapped.__cause__ = full
+  tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/x": '
+                           "[os_error_code='28']")
+  assert not keep(record(orbax, exc=full))
+  assert not keep(record(orbax, exc=wrapped))
+  assert not keep(record(orbax, exc=tensorstore))
+  assert not keep(record(orbax, msg="raised an exception: [Errno 28] No space left on device"))
+  assert keep(record(orbax, exc=ValueError("shape mismatch")))          # not an OS error
+  assert keep(record(orbax, level=logging.WARNING, exc=full))           # not an error record
+  assert keep(record("/venv/site-packages/jax/_src/x.py", exc=full))    # not orbax's
