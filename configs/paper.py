@@ -28,7 +28,7 @@ Commands, one per experiment:
   python -m hcl_jax.main --config configs/paper.py:dataset=stl10,method=hcl --workdir workdirs/stl10_hcl --config.data_dir=/path/to/tensorflow_datasets
 
 Expected time: ESTIMATES FROM FLOPs, NOT MEASUREMENTS (the same for the three
-methods; ``hcl_jax.reproduce.estimate_run`` computes them, docs/reproducing.md
+methods; ``hcl_jax.reproduce.tables.estimate_run`` computes them, docs/reproducing.md
 shows the arithmetic). Pre-training: 400 epochs x images x 2 views x 7.45 GFLOP
 forward+backward per view; readout: 100 epochs x forward 2.47 GFLOP; counts
 from XLA's cost analysis of the model at 32x32. At an assumed 30 % of peak:
@@ -106,12 +106,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.log_every_steps = 50
 
-  config.eval.knn_k = 200
-  config.eval.knn_temperature = 0.5
-  config.eval.linear_epochs = 100
-  config.eval.linear_batch_size = 512
-  config.eval.linear_learning_rate = 1e-3
-  config.eval.linear_weight_decay = 1e-6
+  # kNN (k 200, t 0.5) and the readout's optimisation (100 epochs at batch
+  # 512, Adam lr 1e-3, weight decay 1e-6): the schema's, which are the published.
   config.eval.readout = "published"    # image/linear.py; "fast" for monitoring
   config.eval.image_size = dataset.image_size   # test_transform: no resize
   return config

@@ -27,8 +27,8 @@ re-running ``run`` after a preemption continues the run.
 
 Standard library only to create, set up and watch a TPU: it runs on a laptop
 with Python and gcloud. ``run`` and ``watch`` also load the config with the
-project's own parser and checks (ml_collections, ``hcl_jax.main``) before any
-gcloud call, so they want the project's requirements installed
+project's own parser and checks (``hcl_jax.config_check``, as ``hcl_jax.main``)
+before any gcloud call, so they want the project's requirements installed
 (``--skip-config-check`` to do without).
 """
 
@@ -225,45 +225,28 @@ def jax_version(requirements: pathlib.Path = REPO_ROOT / "requirements.txt"
 
 def check_training_config(config: str, overrides: Sequence[str],
                           devices: int) -> None:
-  """Parses ``--config`` and its flags as hcl_jax.main will, then validates.
-
-  Uses ml_collections' own flag parser on the config file and
-  ``hcl_jax.main.validate_run_config``; ValueError naming the bad flag or key.
-  """
+  """Loads ``--config`` (with its ``:ARG``) and its flags as hcl_jax.main will,
+  and checks them (``hcl_jax.config_check.load_and_validate``); ValueError
+  naming the bad flag or key."""
   try:
     from absl import flags
-    from ml_collections import config_flags
-    from hcl_jax import main as main_lib
+    from hcl_jax import config_check
+    from hcl_jax import main as main_lib  # noqa: F401  (defines hcl_jax.main's flags)
   except ImportError as e:
     raise LaunchError(
         f"checking the config locally needs the project's packages ({e}): "
         "run from its venv (pip install -r requirements.txt), or pass "
         "--skip-config-check") from None
-  config_flags_, other = [], []
   for flag in overrides:
-    (config_flags_ if flag.startswith("--config.") else other).append(flag)
-  for flag in other:
+    if flag.startswith("--config."):
+      continue
     name = flag[2:].split("=", 1)[0]
     known = name in flags.FLAGS or (name.startswith("no") and
                                     name[2:] in flags.FLAGS)
     if not known or name in ("config", "workdir"):
       raise ValueError(f"{flag}: hcl_jax.main has no flag --{name} (config "
                        "keys are --config.KEY=VALUE)")
-  argv = ["hcl_jax.main", f"--config={REPO_ROOT / config}", *config_flags_]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "config", flag_values=values,
-                                  sys_argv=argv)
-  try:
-    values(argv)
-  except AttributeError as e:   # an override of a key the config lacks
-    key = str(e).strip("\"'")
-    bad = [f for f in config_flags_ if re.search(rf"[.]{re.escape(key)}(=|$)",
-                                                 f.split("=", 1)[0] + "=")]
-    raise ValueError(f"{bad[0] if bad else key}: {config} has no such key "
-                     f"({key!r})") from None
-  except flags.Error as e:
-    raise ValueError(f"{e}") from None
-  main_lib.validate_run_config(values.config, devices)
+  config_check.load_and_validate(str(REPO_ROOT / config), overrides, devices)
 
 
 # --------------------------------------------------------------------------

@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--epochs", type=positive_int_arg, default=None,
                       help="override config.num_epochs (quick checks)")
   parser.add_argument("--readout", choices=READOUTS, default=None,
-                      help="linear readout protocol (default: the table's: 'published' for "
-                      "stl10/cifar10/cifar100, 'fast' for digits)")
+                      help="linear readout protocol (default: the config's: 'published' for "
+                      "configs/paper.py, 'fast' for configs/digits.py)")
   parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR,
                       help=f"where <table>.md and <table>.png go (default {DEFAULT_OUT_DIR})")
   mode = parser.add_mutually_exclusive_group()
