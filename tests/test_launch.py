@@ -334,6 +334,7 @@ def test_run_on_a_pod_slice(capsys):
       "v4-32"], "has 4 hosts"),
     (["--workdir", "gs://"], "not a gs://BUCKET/PATH"),
     (["--config", "configs/cifar10.py"], "configs/paper.py"),
+    (["--config", "configs/paper.py:dataset=imagenet,method=hcl"], "dataset='imagenet'"),
     (["--", "positional"], "must be a flag"),
     (["--", "--config.name=a b\"c"], "contains a quote"),
     # The config and its overrides, loaded and checked here.

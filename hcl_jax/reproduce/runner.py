@@ -100,7 +100,7 @@ def plan_runs(table: str, *, seeds: int, root: str = DEFAULT_ROOT,
   for cell in CELLS:
     for seed in range(seeds):
       workdir = run_workdir(root, table, cell, seed)
-      config, flags = tables.config_flags(table, cell, seed)
+      config, flags = tables.run_config(table, cell, seed)
       argv = [python, "-m", "hcl_jax.main", "--config", config, "--workdir", workdir, *flags]
       if readout is not None:
         argv.append(f"--config.eval.readout={readout}")

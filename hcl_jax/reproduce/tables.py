@@ -55,7 +55,7 @@ def check_table(table: str) -> None:
     raise ValueError(f"table={table!r}: expected one of {list(TABLES)}.")
 
 
-def config_flags(table: str, cell: Cell, seed: int) -> tuple[str, list[str]]:
+def run_config(table: str, cell: Cell, seed: int) -> tuple[str, list[str]]:
   """(--config value, the --config.* flags) of one run of ``table``.
 
   The config selects the dataset, the method and the evaluation protocol;
