@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import pathlib
 import re
 import shlex
@@ -231,7 +232,7 @@ def check_training_config(config: str, overrides: Sequence[str],
   try:
     from absl import flags
     from hcl_jax import config_check
-    from hcl_jax import main as main_lib  # noqa: F401  (defines hcl_jax.main's flags)
+    importlib.import_module("hcl_jax.main")   # defines hcl_jax.main's flags in flags.FLAGS
   except ImportError as e:
     raise LaunchError(
         f"checking the config locally needs the project's packages ({e}): "
