@@ -14,7 +14,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.dataset = "digits"            # digits | cifar10 | cifar100 | stl10
+  config.dataset = "digits"            # a key of hcl_jax.registry.DATASETS: digits, cifar10, ...
   config.data_dir = ""                 # TFDS data_dir: local folder or gs:// bucket; "": TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets)
   config.image_size = 16               # 8x8 digits upsampled; the paper configs use 32
   config.batch_size = 256              # global, over all devices and hosts

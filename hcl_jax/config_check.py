@@ -18,10 +18,11 @@ Each raises :class:`ConfigError` (a ValueError) whose message is one line:
 - a config file that isn't there, or doesn't load.
 
 The schema is ``configs/digits.py`` (every key any config may have; the paper
-configs start from it). Config paths ``configs/NAME.py`` are found in the
-working directory first, then among the configs shipped inside the package
-(``hcl_jax/configs`` in a wheel), then in the source tree, so the commands of
-the README also work after a plain ``pip install``.
+config starts from it). Config paths ``configs/NAME.py``, with or without a
+``:ARG`` for its ``get_config`` (``configs/paper.py:dataset=cifar10,method=hcl``),
+are found in the working directory first, then among the configs shipped
+inside the package (``hcl_jax/configs`` in a wheel), then in the source tree,
+so the commands of the README also work after a plain ``pip install``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ import difflib
 import pathlib
 from typing import Any, Sequence
 
+from hcl_jax import registry
+
 SCHEMA_CONFIG = "digits.py"
 CONFIG_FLAG = "--config"
-DATASETS = ("digits", "cifar10", "cifar100", "stl10")
+DATASETS = tuple(registry.DATASETS)
 
 
 class ConfigError(ValueError):
@@ -46,18 +49,22 @@ def config_dirs() -> list[pathlib.Path]:
 
 
 def resolve_config_path(path: str) -> str:
-  """``path`` if it is a file, else the shipped config of that name; ConfigError if none."""
-  candidate = pathlib.Path(path)
+  """``path`` if it is a file, else the shipped config of that name; ConfigError if none.
+
+  A ``:ARG`` after the file (``configs/paper.py:dataset=cifar10,method=hcl``,
+  passed to its ``get_config``) is kept as it is.
+  """
+  file, colon, arg = path.partition(":")
+  candidate = pathlib.Path(file)
   if candidate.is_file():
-    return str(candidate)
+    return path
   if not candidate.is_absolute() and candidate.parent.name in ("configs", ""):
     for directory in config_dirs():
       shipped = directory / candidate.name
       if shipped.is_file():
-        return str(shipped)
-  shipped = sorted(p.name for d in config_dirs()[:1] for p in d.glob("*.py")
-                   if p.name != "common.py")
-  raise ConfigError(f"config file {path!r} not found (nor among the shipped configs: "
+        return f"{shipped}{colon}{arg}"
+  shipped = sorted(p.name for d in config_dirs()[:1] for p in d.glob("*.py"))
+  raise ConfigError(f"config file {file!r} not found (nor among the shipped configs: "
                     f"{', '.join(shipped) or 'none'}).")
 
 
@@ -114,7 +121,7 @@ def _load(path: str, overrides: Sequence[str]) -> Any:
   try:
     values(argv)
   except flags.Error as e:
-    raise ConfigError(" ".join(str(e).split())) from None
+    raise ConfigError(_error_line(e)) from None
   except (KeyError, AttributeError, TypeError) as e:
     message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
     raise ConfigError(f"{path}: {' '.join(message.split())}") from None
@@ -124,13 +131,23 @@ def _load(path: str, overrides: Sequence[str]) -> Any:
   return values.config
 
 
+def _error_line(error: Exception) -> str:
+  """absl's flag error as one line; for a ``get_config`` that raised (a bad
+  ``:ARG``), its own message, not the traceback ml_collections wraps it in."""
+  text = str(error)
+  if "Error whilst parsing config file" in text:
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(("ValueError: ", "TypeError: ")) else last
+  return " ".join(text.split())
+
+
 def config_overrides(flags_: Sequence[str]) -> list[str]:
   """The ``--config.KEY=VALUE`` flags among ``flags_`` (others are not config)."""
   return [f for f in flags_ if f.startswith(CONFIG_FLAG + ".")]
 
 
 # The linear readout protocols (hcl_jax.evaluate, hcl_jax.readout_published).
-READOUTS = ("fast", "augmented", "published")
+READOUTS = registry.READOUTS
 
 
 def _positive_int(config: Any, key: str, minimum: int = 1) -> None:
@@ -200,6 +217,13 @@ def validate(config: Any, num_devices: int = 1) -> Any:
   return config
 
 
+def load(path: str, overrides: Sequence[str] = ()) -> Any:
+  """The config of ``path`` (``configs/NAME.py[:ARG]``, found as
+  :func:`resolve_config_path` does) with ``--config.KEY=VALUE`` ``overrides``;
+  unchecked (the graph configs have a schema of their own)."""
+  return _load(resolve_config_path(path), config_overrides(overrides))
+
+
 def load_and_validate(path: str, overrides: Sequence[str] = (), num_devices: int = 1) -> Any:
   """The checked config of file ``path`` with ``--config.KEY=VALUE`` ``overrides``.
 
@@ -226,9 +250,9 @@ def _config_flag_value(argv: Sequence[str]) -> tuple[int, str] | None:
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flags parser for ``app.run(main, flags_parser=parse_flags)``.
 
-  As absl's own, but the --config path is found as :func:`resolve_config_path`
-  does, and a config mistake exits with one line (``error: ...``, status 2)
-  instead of a traceback.
+  As absl's own, but the --config path (with or without ``:ARG``) is found as
+  :func:`resolve_config_path` does, and a config mistake exits with one line
+  (``error: ...``, status 2) instead of a traceback.
   """
   import sys
 
@@ -237,7 +261,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   argv = list(argv)
   try:
     found = _config_flag_value(argv)
-    if found is not None and ":" not in found[1]:  # PATH:ARGS is config_flags' own syntax
+    if found is not None:
       index, value = found
       path = resolve_config_path(value)
       argv[index] = argv[index].replace(value, path) if argv[index] != value else path
@@ -246,7 +270,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   except ConfigError as e:
     sys.exit(f"error: {e}")
   except flags.Error as e:
-    sys.exit(f"error: {' '.join(str(e).split())}")
+    sys.exit(f"error: {_error_line(e)}")
   except (KeyError, AttributeError, TypeError) as e:
     message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
     sys.exit(f"error: {' '.join(message.split())}")

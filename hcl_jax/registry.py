@@ -3,7 +3,9 @@
 Everything that needs one of these lists imports it from here: the config
 checks, the data sources, the paper configs (``configs/paper.py``), the train
 step and ``python -m hcl_jax.reproduce``. This module imports nothing heavy
-(no JAX, no TensorFlow), so the light entry points can use it.
+(no JAX, no TensorFlow), so the light entry points can use it. The config
+files read their argument (``configs/paper.py:dataset=cifar10,method=hcl``)
+against these lists with :func:`parse_config_arg`.
 
 Adding an image dataset: one :class:`Dataset` entry below, plus its source if
 TFDS doesn't have it (see ``hcl_jax/data/sources.py``).
@@ -12,6 +14,7 @@ TFDS doesn't have it (see ``hcl_jax/data/sources.py``).
 from __future__ import annotations
 
 import dataclasses
+from typing import Collection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,3 +82,32 @@ def get(registry: dict, name: str, what: str):
   if name not in registry:
     raise ValueError(f"{what}={name!r}: unknown; expected one of {sorted(registry)}.")
   return registry[name]
+
+
+def parse_config_arg(config: str, arg: str | None,
+                     allowed: dict[str, Collection[str]]) -> dict[str, str]:
+  """A config file's ``get_config(arg)`` text, ``"dataset=cifar10,method=hcl"``, as a dict.
+
+  ``python -m hcl_jax.main --config configs/paper.py:dataset=cifar10,method=hcl``:
+  ml_collections passes the text after the colon to ``get_config``. Every key
+  of ``allowed`` must be given; a key or value that isn't allowed is a
+  ValueError (one line) naming it, ``config`` and what is allowed.
+  """
+  given = f"{config}:{arg}" if arg else config
+  values = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"{given}: {item!r} is not KEY=VALUE; keys: {', '.join(allowed)}.")
+    if key not in allowed:
+      raise ValueError(f"{given}: unknown key {key!r}; keys: {', '.join(allowed)}.")
+    if value not in allowed[key]:
+      raise ValueError(f"{given}: {key}={value!r} unknown; expected one of "
+                       f"{list(allowed[key])}.")
+    values[key] = value
+  missing = [key for key in allowed if key not in values]
+  if missing:
+    example = ",".join(f"{key}={next(iter(allowed[key]))}" for key in allowed)
+    raise ValueError(f"{given}: missing {', '.join(missing)} (e.g. "
+                     f"{config}:{example}).")
+  return values

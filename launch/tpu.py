@@ -4,7 +4,7 @@
   python launch/tpu.py create --name N --zone Z --accelerator-type v4-32 [--spot] [--queued]
   python launch/tpu.py setup  --name N --zone Z
   python launch/tpu.py run    --name N --zone Z --accelerator-type v4-32 \\
-      --config configs/cifar10_hcl.py --workdir gs://BUCKET/run1 \\
+      --config configs/paper.py:dataset=cifar10,method=hcl --workdir gs://BUCKET/run1 \\
       [--data-dir gs://BUCKET/tfds] [-- --config.k=v ...]
   python launch/tpu.py logs   --name N --zone Z [--worker 0] [--follow]
   python launch/tpu.py stop   --name N --zone Z
@@ -27,8 +27,8 @@ re-running ``run`` after a preemption continues the run.
 
 Standard library only to create, set up and watch a TPU: it runs on a laptop
 with Python and gcloud. ``run`` and ``watch`` also load the config with the
-project's own parser and checks (ml_collections, ``hcl_jax.main``) before any
-gcloud call, so they want the project's requirements installed
+project's own parser and checks (``hcl_jax.config_check``, as ``hcl_jax.main``)
+before any gcloud call, so they want the project's requirements installed
 (``--skip-config-check`` to do without).
 """
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import pathlib
 import re
 import shlex
@@ -47,6 +48,9 @@ import time
 from typing import Callable, Sequence, TextIO
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:   # hcl_jax of this checkout (its standard-library parts here)
+  sys.path.insert(0, str(REPO_ROOT))
+from hcl_jax.checks import positive_int_arg  # noqa: E402
 
 # Where things live on every worker, relative to the remote $HOME.
 # Each setup unpacks into a new release folder; a training keeps running
@@ -222,46 +226,28 @@ def jax_version(requirements: pathlib.Path = REPO_ROOT / "requirements.txt"
 
 def check_training_config(config: str, overrides: Sequence[str],
                           devices: int) -> None:
-  """Parses ``--config`` and its flags as hcl_jax.main will, then validates.
-
-  Uses ml_collections' own flag parser on the config file and
-  ``hcl_jax.main.validate_run_config``; ValueError naming the bad flag or key.
-  """
+  """Loads ``--config`` (with its ``:ARG``) and its flags as hcl_jax.main will,
+  and checks them (``hcl_jax.config_check.load_and_validate``); ValueError
+  naming the bad flag or key."""
   try:
     from absl import flags
-    from ml_collections import config_flags
-    sys.path.insert(0, str(REPO_ROOT))
-    from hcl_jax import main as main_lib
+    from hcl_jax import config_check
+    importlib.import_module("hcl_jax.main")   # defines hcl_jax.main's flags in flags.FLAGS
   except ImportError as e:
     raise LaunchError(
         f"checking the config locally needs the project's packages ({e}): "
         "run from its venv (pip install -r requirements.txt), or pass "
         "--skip-config-check") from None
-  config_flags_, other = [], []
   for flag in overrides:
-    (config_flags_ if flag.startswith("--config.") else other).append(flag)
-  for flag in other:
+    if flag.startswith("--config."):
+      continue
     name = flag[2:].split("=", 1)[0]
     known = name in flags.FLAGS or (name.startswith("no") and
                                     name[2:] in flags.FLAGS)
     if not known or name in ("config", "workdir"):
       raise ValueError(f"{flag}: hcl_jax.main has no flag --{name} (config "
                        "keys are --config.KEY=VALUE)")
-  argv = ["hcl_jax.main", f"--config={REPO_ROOT / config}", *config_flags_]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "config", flag_values=values,
-                                  sys_argv=argv)
-  try:
-    values(argv)
-  except AttributeError as e:   # an override of a key the config lacks
-    key = str(e).strip("\"'")
-    bad = [f for f in config_flags_ if re.search(rf"[.]{re.escape(key)}(=|$)",
-                                                 f.split("=", 1)[0] + "=")]
-    raise ValueError(f"{bad[0] if bad else key}: {config} has no such key "
-                     f"({key!r})") from None
-  except flags.Error as e:
-    raise ValueError(f"{e}") from None
-  main_lib.validate_run_config(values.config, devices)
+  config_check.load_and_validate(str(REPO_ROOT / config), overrides, devices)
 
 
 # --------------------------------------------------------------------------
@@ -567,6 +553,33 @@ def status_commands(args: argparse.Namespace) -> list[list[str]]:
 
 
 # --------------------------------------------------------------------------
+# This launcher's own command lines, for plans printed ahead of time
+# (``python -m hcl_jax.reproduce --tpu-commands``).
+
+LAUNCHER = ["python", "launch/tpu.py"]
+
+
+def new_tpu_commands(*, name: str, zone: str, accelerator_type: str, config: str,
+                     workdir: str, flags: Sequence[str] = (), spot: bool = False
+                     ) -> list[list[str]]:
+  """``launch/tpu.py`` create, setup and run: one training on a TPU VM of its own.
+
+  Lines this launcher's parser reads back (:func:`parse_args`): ``config``
+  with its ``:ARG``, ``flags`` for hcl_jax.main after ``--``. ValueError for a
+  bad name, zone or accelerator type, as the command line would give.
+  """
+  validate_name(name)
+  validate_zone(zone)
+  parse_accelerator_type(accelerator_type)
+  where = ["--name", name, "--zone", zone]
+  accel = ["--accelerator-type", accelerator_type]
+  return [[*LAUNCHER, "create", *where, *accel, *(["--spot"] if spot else [])],
+          [*LAUNCHER, "setup", *where],
+          [*LAUNCHER, "run", *where, *accel, "--config", config, "--workdir", workdir,
+           "--", *flags]]
+
+
+# --------------------------------------------------------------------------
 # Running commands (or printing them).
 
 
@@ -644,10 +657,10 @@ def _validate_run(args: argparse.Namespace, accel: Accelerator | None,
   config_file = REPO_ROOT / args.config.split(":", 1)[0]
   if not config_file.is_file():
     configs = ", ".join(sorted(p.relative_to(REPO_ROOT).as_posix()
-                               for p in (REPO_ROOT / "configs").glob("*.py")
-                               if p.name != "common.py"))
+                               for p in (REPO_ROOT / "configs").glob("*.py")))
     raise ValueError(f"--config {args.config!r}: no such file in {REPO_ROOT} "
-                     f"(a path relative to the repository root: {configs})")
+                     f"(a path relative to the repository root, with its :ARG if it "
+                     f"takes one: {configs}; e.g. configs/paper.py:dataset=cifar10,method=hcl)")
   if args.workdir.startswith("gs://"):
     validate_gs_path("--workdir", args.workdir)
   elif not args.local_workdir_ok:
@@ -890,13 +903,6 @@ def cmd_watch(runner: Runner, args: argparse.Namespace) -> None:
 # Command line.
 
 
-def _positive_int(text: str) -> int:
-  value = int(text)
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-  return value
-
-
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="launch/tpu.py", description=__doc__.split("\n\n")[0],
@@ -949,14 +955,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="git commit/branch to ship (committed tree only)")
 
   grace = argparse.ArgumentParser(add_help=False)
-  grace.add_argument("--grace-seconds", type=_positive_int, default=120,
+  grace.add_argument("--grace-seconds", type=positive_int_arg, default=120,
                      help="how long a training may take to checkpoint and "
                      "exit after SIGTERM (120)")
 
   run = argparse.ArgumentParser(add_help=False)
   run.add_argument("--config", required=True,
-                   help="config file relative to the repo, e.g. "
-                   "configs/cifar10_hcl.py (see configs/)")
+                   help="config file relative to the repo, with its :ARG, e.g. "
+                   "configs/paper.py:dataset=cifar10,method=hcl (see configs/)")
   run.add_argument("--workdir", required=True,
                    help="gs://BUCKET/PATH: checkpoints and logs; resumed from")
   run.add_argument("--data-dir", default=None,
@@ -990,7 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_run)
   p = add("logs", [accel_opt], "tail one worker's training log")
   p.add_argument("--worker", type=int, default=0, help="worker index (0)")
-  p.add_argument("--lines", type=_positive_int, default=100)
+  p.add_argument("--lines", type=positive_int_arg, default=100)
   p.add_argument("--follow", action="store_true", help="keep following")
   p.set_defaults(func=cmd_logs)
   p = add("stop", [accel_opt, grace], "SIGTERM the training on every worker "
@@ -1005,11 +1011,11 @@ def build_parser() -> argparse.ArgumentParser:
           "create, set up and run; when PREEMPTED/TERMINATED or gone: "
           "delete, create, setup and run again (training resumes from "
           "--workdir); every failed step retried with backoff")
-  p.add_argument("--poll-seconds", type=_positive_int, default=300)
+  p.add_argument("--poll-seconds", type=positive_int_arg, default=300)
   p.add_argument("--max-recoveries", type=int, default=100)
-  p.add_argument("--backoff-seconds", type=_positive_int, default=60,
+  p.add_argument("--backoff-seconds", type=positive_int_arg, default=60,
                  help="first retry delay after a failed step (doubles)")
-  p.add_argument("--max-backoff-seconds", type=_positive_int, default=1800,
+  p.add_argument("--max-backoff-seconds", type=positive_int_arg, default=1800,
                  help="cap of the retry delay")
   p.add_argument("--deadline", default=None,
                  help="stop watching then: a duration (12h, 2d) or an ISO "

@@ -55,7 +55,7 @@ def test_reproduce_checks_the_flags_before_any_run(tmp_path):
 
 def test_load_and_validate_applies_overrides_and_ignores_other_flags():
   config = config_check.load_and_validate(
-      "configs/stl10_hcl.py", ["--config.loss.beta=2", "--workdir=/tmp/x", "--config.seed=3"])
+      "configs/paper.py:dataset=stl10,method=hcl", ["--config.loss.beta=2", "--workdir=/tmp/x", "--config.seed=3"])
   assert config.loss.beta == 2.0 and config.seed == 3 and config.dataset == "stl10"
 
 
@@ -93,3 +93,36 @@ def test_missing_config_file_and_configs_found_from_any_cwd(tmp_path, monkeypatc
     config_check.load_and_validate("configs/nope.py")
   monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped ones are used
   assert config_check.load_and_validate("configs/digits.py").dataset == "digits"
+
+
+@pytest.mark.parametrize("config,named", [
+    ("configs/paper.py:dataset=imagenet,method=hcl", ["dataset='imagenet'", "'cifar10'"]),
+    ("configs/paper.py:dataset=cifar10,method=moco", ["method='moco'", "'hcl'"]),
+    ("configs/paper.py:dataset=cifar10,method=hcl,size=2", ["unknown key 'size'", "dataset, method"]),
+    ("configs/paper.py:cifar10", ["'cifar10' is not KEY=VALUE"]),
+    ("configs/paper.py", ["missing dataset, method"]),
+    ("configs/graph.py:dataset=mutag", ["dataset='mutag'", "'MUTAG'"]),
+])
+def test_a_bad_config_arg_is_one_line_naming_it(config, named):
+  with pytest.raises(ValueError) as error:
+    config_check.load(config)
+  assert all(n in str(error.value) for n in named), error.value
+  assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("module,config", [
+    ("hcl_jax.main", "configs/paper.py:dataset=imagenet,method=hcl"),
+    ("hcl_jax.graph.main", "configs/graph.py:dataset=mutag"),
+])
+def test_entry_points_report_a_bad_config_arg_in_one_line(tmp_path, module, config):
+  code, lines = _run("-m", module, "--config", config, "--workdir", str(tmp_path / "run"))
+  assert code != 0 and len(lines) <= 2, lines
+  assert config in lines[-1] and "expected one of" in lines[-1], lines
+  assert not (tmp_path / "run").exists()
+
+
+def test_config_args_found_from_any_cwd(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped ones are used
+  config = config_check.load_and_validate("configs/paper.py:dataset=cifar100,method=dcl")
+  assert (config.dataset, config.loss.name) == ("cifar100", "dcl")
+  assert config_check.load("configs/graph.py:dataset=PROTEINS").dataset == "PROTEINS"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hcl_jax import reproduce
+from hcl_jax.reproduce import cli
 from hcl_jax.graph import reproduce_table as rt
 
 
@@ -23,12 +23,12 @@ def fake_results(root, table, accs, epoch0=70.0):
 @pytest.mark.parametrize("table", sorted(rt.TABLES))
 def test_dry_run_lists_every_run(tmp_path, table):
   out = io.StringIO()
-  assert reproduce.main(["--table", table, "--dry-run", "--workdir", str(tmp_path)], out) == 0
+  assert cli.main(["--table", table, "--dry-run", "--workdir", str(tmp_path)], out) == 0
   text = out.getvalue()
   assert f"4 betas x 10 repeats = 40 runs (0 done" in text
   commands = [line for line in text.splitlines() if line.startswith("python -m hcl_jax")]
   assert len(commands) == 40
-  assert f"--config configs/graph/{table}.py" in commands[0]
+  assert f"--config configs/graph.py:dataset={rt.TABLES[table]} " in commands[0]
   assert commands[0].endswith("--config.seed=0 --config.loss.beta=0")
   assert commands[-1].endswith("--config.seed=9 --config.loss.beta=10")
   assert ("needs --data-dir" in text) == (table != "mutag")
@@ -37,7 +37,7 @@ def test_dry_run_lists_every_run(tmp_path, table):
 def test_dry_run_skips_done(tmp_path):
   fake_results(tmp_path, "mutag", {(0.0, 0): 80.0, (2.0, 1): 81.0})
   out = io.StringIO()
-  reproduce.main(["--table=mutag", "--dry-run", "--workdir", str(tmp_path)], out)
+  cli.main(["--table=mutag", "--dry-run", "--workdir", str(tmp_path)], out)
   assert "(2 done: skipped, 0 to resume, 38 to start)" in out.getvalue()
 
 
@@ -70,7 +70,7 @@ def test_report_only_writes_markdown_and_plot(tmp_path):
   fake_results(tmp_path, "mutag", {(b, r): 80.0 + b + r for b in (0.0, 1.0, 2.0, 10.0)
                                    for r in range(2)})
   out = io.StringIO()
-  code = reproduce.main(["--table", "mutag", "--report-only", "--repeats", "2", "--workdir",
+  code = cli.main(["--table", "mutag", "--report-only", "--repeats", "2", "--workdir",
                          str(tmp_path), "--out-dir", str(tmp_path / "docs")], out)
   assert code == 0
   md = (tmp_path / "docs" / "mutag.md").read_text()
@@ -82,5 +82,5 @@ def test_report_only_writes_markdown_and_plot(tmp_path):
 
 def test_bad_betas_rejected(tmp_path, capsys):
   with pytest.raises(SystemExit):
-    reproduce.main(["--table", "mutag", "--betas", "1,2", "--dry-run"])
+    cli.main(["--table", "mutag", "--betas", "1,2", "--dry-run"])
   assert "include 0" in capsys.readouterr().err

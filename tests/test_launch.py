@@ -333,7 +333,8 @@ def test_run_on_a_pod_slice(capsys):
     (["--workdir", "/tmp/w", "--local-workdir-ok", "--accelerator-type",
       "v4-32"], "has 4 hosts"),
     (["--workdir", "gs://"], "not a gs://BUCKET/PATH"),
-    (["--config", "configs/cifar10.py"], "configs/cifar10_hcl.py"),
+    (["--config", "configs/cifar10.py"], "configs/paper.py"),
+    (["--config", "configs/paper.py:dataset=imagenet,method=hcl"], "dataset='imagenet'"),
     (["--", "positional"], "must be a flag"),
     (["--", "--config.name=a b\"c"], "contains a quote"),
     # The config and its overrides, loaded and checked here.
@@ -401,10 +402,10 @@ def test_watch_dry_run_prints_the_recovery(capsys):
 
 def test_reproduce_tpu_commands_parse(capsys):
   """hcl_jax.reproduce prints launch/tpu.py lines: they must be valid."""
-  from hcl_jax import reproduce
-  (run,) = [r for r in reproduce.plan_runs("stl10", seeds=1, root="gs://bkt/repro",
+  from hcl_jax.reproduce import runner
+  (run,) = [r for r in runner.plan_runs("stl10", seeds=1, root="gs://bkt/repro",
                                             look_up_status=False)][:1]  # no bucket here
-  for cmd in reproduce.tpu_commands(run, zone=ZONE, spot=True):
+  for cmd in runner.tpu_commands(run, zone=ZONE, spot=True):
     assert cmd[:2] == ["python", "launch/tpu.py"]
     dry_run(capsys, *cmd[2:])
 

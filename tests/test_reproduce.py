@@ -4,7 +4,6 @@ Nothing trains here: finished runs are fake results.json files written to
 temporary directories; the expected means/stds are computed in the test.
 """
 
-import importlib.util
 import io
 import json
 import pathlib
@@ -15,7 +14,8 @@ import sys
 
 import pytest
 
-from hcl_jax import reproduce
+from hcl_jax import config_check
+from hcl_jax.reproduce import cli, report, runner, tables
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -43,6 +43,12 @@ def option(argv, name):
   return argv[argv.index(name) + 1]
 
 
+def run_config(argv):
+  """The config a command of the plan trains with: its --config and flags, as main loads them."""
+  return config_check.load_and_validate(option(argv, "--config"),
+                                        argv[argv.index("--workdir") + 2:])
+
+
 def write_results(root, table, cell, seed, linear, knn, wall):
   run = pathlib.Path(root) / table / cell / f"seed{seed}"
   run.mkdir(parents=True, exist_ok=True)
@@ -53,7 +59,7 @@ def write_results(root, table, cell, seed, linear, knn, wall):
 
 def dry_run(tmp_path, *argv):
   out = io.StringIO()
-  assert reproduce.main(["--dry-run", "--workdir", str(tmp_path), *argv], out=out) == 0
+  assert cli.main(["--dry-run", "--workdir", str(tmp_path), *argv], out=out) == 0
   lines = out.getvalue().splitlines()
   statuses = {}
   for line in lines:
@@ -80,21 +86,24 @@ def test_dry_run_lists_every_cell_and_seed(tmp_path, table):
     assert workdir.parent.parent == tmp_path / table
     cell, seed = workdir.parent.name, int(workdir.name.removeprefix("seed"))
     loss, tau_plus, beta, method = expected[(cell, seed)]
-    assert int(flag(argv, "seed")) == seed
-    assert flag(argv, "loss.name") == loss
-    assert float(flag(argv, "loss.tau_plus")) == tau_plus
-    assert float(flag(argv, "loss.beta")) == beta
+    config = run_config(argv)
+    assert int(flag(argv, "seed")) == seed == config.seed
+    assert config.loss.name == loss
+    assert config.loss.tau_plus == tau_plus
+    assert float(flag(argv, "loss.beta")) == beta == config.loss.beta
     assert flag(argv, "num_epochs") == "7"
     assert argv[-1] == "--config.data_dir=/tfds"
-    # The evaluation protocol is spelled out in every command (issue 13).
-    assert flag(argv, "eval.readout") == ("fast" if table == "digits" else "published")
-    assert flag(argv, "eval.image_size") == {"stl10": "96", "digits": "16"}.get(table, "32")
-    assert flag(argv, "model.bn_group_size") == ("0" if table == "digits" else "128")
-    assert flag(argv, "augment.blur_kernel_size") == ("1" if table == "digits" else "3")
-    config = option(argv, "--config")
-    assert config == ("configs/digits.py" if table == "digits"
-                      else f"configs/{table}_{method}.py")
-    assert (REPO_ROOT / config).is_file()
+    # The evaluation protocol is in every command (issue 13): the config its
+    # --config names (with its dataset and method) sets it.
+    assert config.eval.readout == ("fast" if table == "digits" else "published")
+    assert (config.eval.image_size or config.image_size) == {"stl10": 96, "digits": 16}.get(
+        table, 32)
+    assert config.model.bn_group_size == (0 if table == "digits" else 128)
+    assert config.augment.blur_kernel_size == (1 if table == "digits" else 3)
+    config_arg = option(argv, "--config")
+    assert config_arg == ("configs/digits.py" if table == "digits"
+                          else f"configs/paper.py:dataset={table},method={method}")
+    assert (REPO_ROOT / config_arg.split(":")[0]).is_file()
     assert statuses[(cell, seed)] == ("new", str(workdir))
     seen.add((cell, seed))
   assert seen == set(expected)
@@ -135,8 +144,8 @@ def test_run_skips_finished_runs(tmp_path, monkeypatch):
     def poll(self):
       return 0
 
-  monkeypatch.setattr(reproduce.subprocess, "Popen", FakePopen)
-  code = reproduce.main(["--table", "digits", "--workdir", str(tmp_path / "runs"),
+  monkeypatch.setattr(runner.subprocess, "Popen", FakePopen)
+  code = cli.main(["--table", "digits", "--workdir", str(tmp_path / "runs"),
                          "--out-dir", str(tmp_path / "out")], out=io.StringIO())
   assert code == 0
   assert len(launched) == 1
@@ -160,8 +169,8 @@ def test_run_stops_when_a_training_exits_without_results(tmp_path, monkeypatch):
     def poll(self):
       return 0
 
-  monkeypatch.setattr(reproduce.subprocess, "Popen", StoppedPopen)
-  code = reproduce.main(["--table", "digits", "--seeds", "2", "--workdir", str(tmp_path),
+  monkeypatch.setattr(runner.subprocess, "Popen", StoppedPopen)
+  code = cli.main(["--table", "digits", "--seeds", "2", "--workdir", str(tmp_path),
                          "--out-dir", str(tmp_path / "out")], out=io.StringIO())
   assert code == 1 and len(launched) == 1
 
@@ -181,7 +190,7 @@ def test_report_from_fake_results(tmp_path):
   (tmp_path / "runs" / "stl10" / "hard_beta6" / "seed0" / "checkpoints").mkdir(parents=True)
 
   out = io.StringIO()
-  assert reproduce.main(["--table", "stl10", "--report-only", "--seeds", "3",
+  assert cli.main(["--table", "stl10", "--report-only", "--seeds", "3",
                          "--workdir", str(tmp_path / "runs"),
                          "--out-dir", str(tmp_path / "out")], out=out) == 0
   text = (tmp_path / "out" / "stl10.md").read_text()
@@ -232,17 +241,17 @@ def test_collect_results_every_seed_found(tmp_path):
   write_results(tmp_path, "cifar10", "simclr", 0, 70.0, 60.0, 1.0)
   write_results(tmp_path, "cifar10", "simclr", 4, 72.0, 61.0, 1.0)
   (tmp_path / "cifar10" / "simclr" / "seed2").mkdir()  # unfinished
-  found = reproduce.collect_results(tmp_path, "cifar10")
+  found = report.collect_results(tmp_path, "cifar10")
   assert [r["seed"] for r in found["simclr"]] == [0, 4]
   assert found["debiased"] == []
-  only = reproduce.collect_results(tmp_path, "cifar10", seeds=[0, 1])
+  only = report.collect_results(tmp_path, "cifar10", seeds=[0, 1])
   assert [r["linear_top1"] for r in only["simclr"]] == [70.0]
 
 
 def test_cifar_report_has_no_published_numbers(tmp_path):
   write_results(tmp_path, "cifar100", "hard_beta0.5", 0, 60.0, 55.0, 5.0)
-  results = reproduce.collect_results(tmp_path, "cifar100")
-  md, png = reproduce.write_report("cifar100", results, tmp_path / "out", "CMD")
+  results = report.collect_results(tmp_path, "cifar100")
+  md, png = report.write_report("cifar100", results, tmp_path / "out", "CMD")
   rows = [l for l in md.read_text().splitlines()
           if l.startswith(("| SimCLR", "| Debiased", "| Hard"))]
   assert len(rows) == 6
@@ -252,7 +261,7 @@ def test_cifar_report_has_no_published_numbers(tmp_path):
 
 def test_tpu_commands_are_valid_launch_commands(tmp_path):
   out = io.StringIO()
-  assert reproduce.main(["--table", "stl10", "--seeds", "2", "--tpu-commands",
+  assert cli.main(["--table", "stl10", "--seeds", "2", "--tpu-commands",
                          "--zone", "us-central2-b", "--spot",
                          "--workdir", "gs://bkt/hcl", "--", "--config.data_dir=gs://bkt/tfds"],
                         out=out) == 0
@@ -273,26 +282,26 @@ def test_tpu_commands_are_valid_launch_commands(tmp_path):
 
 def test_bad_arguments_rejected(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
-    reproduce.main(["--table", "imagenet", "--dry-run"])
+    cli.main(["--table", "imagenet", "--dry-run"])
   assert e.value.code == 2
   assert "imagenet" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    reproduce.main(["--table", "stl10", "--seeds", "0", "--dry-run"])
+    cli.main(["--table", "stl10", "--seeds", "0", "--dry-run"])
   with pytest.raises(SystemExit):
-    reproduce.main(["--table", "stl10", "--dry-run", "--", "positional"])
+    cli.main(["--table", "stl10", "--dry-run", "--", "positional"])
   with pytest.raises(SystemExit):
-    reproduce.main(["--table", "stl10", "--tpu-commands", "--zone", "us-central2-b",
+    cli.main(["--table", "stl10", "--tpu-commands", "--zone", "us-central2-b",
                     "--workdir", str(tmp_path)])
   with pytest.raises(ValueError, match="imagenet"):
-    reproduce.plan_runs("imagenet", seeds=1)
+    runner.plan_runs("imagenet", seeds=1)
   with pytest.raises(ValueError, match="imagenet"):
-    reproduce.collect_results(tmp_path, "imagenet")
+    report.collect_results(tmp_path, "imagenet")
   with pytest.raises(ValueError, match="seeds"):
-    reproduce.plan_runs("stl10", seeds=0)
+    runner.plan_runs("stl10", seeds=0)
 
 
 def test_estimate_by_hand():
-  est = reproduce.estimate_run("stl10")
+  est = tables.estimate_run("stl10")
   # 400 epochs x 410 steps x 256 images x 2 views x 7.45 GFLOP.
   assert est.pretrain_flops == pytest.approx(400 * 104_960 * 2 * 7.45e9)
   assert est.readout_flops == pytest.approx(100 * 5_000 * 2.47e9)
@@ -301,10 +310,8 @@ def test_estimate_by_hand():
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO_ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """configs/NAME.py or configs/NAME.py:ARG, as hcl_jax.main loads it."""
+  return config_check.load(f"configs/{name}")
 
 
 def flatten(config, prefix=""):
@@ -321,7 +328,7 @@ def flatten(config, prefix=""):
 @pytest.mark.parametrize("method,loss,tau_plus,beta", [
     ("simclr", "nt_xent", 0.0, 0.0), ("dcl", "dcl", 0.1, 0.0), ("hcl", "hcl", 0.1, 1.0)])
 def test_paper_configs_have_published_values(dataset, method, loss, tau_plus, beta):
-  config = load_config(f"{dataset}_{method}")
+  config = load_config(f"paper.py:dataset={dataset},method={method}")
   assert config.dataset == dataset
   assert config.image_size == 32
   assert config.batch_size == 256
@@ -353,13 +360,13 @@ def test_paper_configs_have_published_values(dataset, method, loss, tau_plus, be
   assert config.model.bn_group_size == 128
   assert config.eval.readout == "published"
   # Every schema key (configs/digits.py) is there: main may read any of them.
-  assert set(flatten(load_config("digits"))) == set(flatten(config))
-  assert f"--config configs/{dataset}_{method}.py" in open(
-      REPO_ROOT / "configs" / f"{dataset}_{method}.py").read()
+  assert set(flatten(load_config("digits.py"))) == set(flatten(config))
+  assert f"--config configs/paper.py:dataset={dataset},method={method} " in open(
+      REPO_ROOT / "configs" / "paper.py").read()
 
 
 def test_digits_config_unchanged():
-  config = load_config("digits")
+  config = load_config("digits.py")
   assert (config.model.name, config.model.width_multiplier, config.num_epochs) == (
       "resnet18", 0.25, 30)
   assert (config.loss.name, config.loss.tau_plus, config.loss.beta) == ("hcl", 0.1, 1.0)
@@ -368,13 +375,13 @@ def test_digits_config_unchanged():
 def test_readout_override_and_results_record_protocol(tmp_path):
   _, commands = dry_run(tmp_path, "--table", "stl10", "--readout", "fast")
   assert all(flag(argv, "eval.readout") == "fast" for argv in commands)
-  assert all(flag(argv, "eval.image_size") == "96" for argv in commands)
+  assert all(run_config(argv).eval.image_size == 96 for argv in commands)
   run = tmp_path / "runs" / "digits" / "simclr" / "seed0"
   run.mkdir(parents=True)
   (run / "results.json").write_text(json.dumps(
       {"linear_top1": 80.0, "knn_top1": 70.0, "seed": 0, "readout": "published",
        "eval_image_size": 96, "bn_group_size": 128}))
-  md, _ = reproduce.write_report("digits", reproduce.collect_results(tmp_path / "runs", "digits"),
+  md, _ = report.write_report("digits", report.collect_results(tmp_path / "runs", "digits"),
                                  tmp_path / "out", "cmd")
   text = md.read_text()
   assert "| SimCLR | 0 | 0 | — | 80.00 | (baseline) | 70.00 | (baseline) | published | 1 |" in text

@@ -4,7 +4,7 @@ import io
 import json
 import pathlib
 
-from hcl_jax import reproduce
+from hcl_jax.reproduce import cli, runner, tables
 
 
 class FailingPopen:
@@ -30,21 +30,21 @@ def _results(root, cell, seed=0):
 
 def test_no_report_when_every_run_failed(tmp_path, monkeypatch, capsys):
   FailingPopen.launched = 0
-  monkeypatch.setattr(reproduce.subprocess, "Popen", FailingPopen)
-  code = reproduce.main(["--table", "digits", "--workdir", str(tmp_path / "runs"),
+  monkeypatch.setattr(runner.subprocess, "Popen", FailingPopen)
+  code = cli.main(["--table", "digits", "--workdir", str(tmp_path / "runs"),
                          "--out-dir", str(tmp_path / "out")], out=io.StringIO())
-  assert code == 1 and FailingPopen.launched == len(reproduce.CELLS)
+  assert code == 1 and FailingPopen.launched == len(tables.CELLS)
   assert not (tmp_path / "out" / "digits.md").exists()
   assert "no report written" in capsys.readouterr().err
 
 
 def test_partial_report_says_it_is_incomplete(tmp_path, monkeypatch):
-  _results(tmp_path / "runs", reproduce.CELLS[0].name)
-  monkeypatch.setattr(reproduce.subprocess, "Popen", FailingPopen)
-  code = reproduce.main(["--table", "digits", "--workdir", str(tmp_path / "runs"),
+  _results(tmp_path / "runs", tables.CELLS[0].name)
+  monkeypatch.setattr(runner.subprocess, "Popen", FailingPopen)
+  code = cli.main(["--table", "digits", "--workdir", str(tmp_path / "runs"),
                          "--out-dir", str(tmp_path / "out")], out=io.StringIO())
   assert code == 1
   text = (tmp_path / "out" / "digits.md").read_text()
-  failed = len(reproduce.CELLS) - 1
-  assert f"**Incomplete: 1 of {len(reproduce.CELLS)} runs finished; failed: " in text
+  failed = len(tables.CELLS) - 1
+  assert f"**Incomplete: 1 of {len(tables.CELLS)} runs finished; failed: " in text
   assert text.count("/seed0") == failed  # each failed run named

@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 
 from gcs_emulator import BUCKET, gcs, gcs_env  # noqa: F401  (fixtures)
-from hcl_jax import reproduce, workdir_fs
+from hcl_jax import workdir_fs
+from hcl_jax.reproduce import runner
 from hcl_jax.checkpointing import Checkpointer
 from hcl_jax.metrics_log import MetricLogger
 from hcl_jax.process_log import ProcessLog
@@ -76,12 +77,12 @@ def test_checkpoints_round_trip_through_the_bucket(gcs_env, in_scratch):
 
 def test_results_status_and_process_log_in_the_bucket(gcs_env, in_scratch, capsys):
   workdir = f"gs://{BUCKET}/fs/run"
-  assert reproduce.run_status(workdir) == "new"
-  assert reproduce.read_results(workdir) is None
+  assert runner.run_status(workdir) == "new"
+  assert runner.read_results(workdir) is None
   workdir_fs.write_json(f"{workdir}/results.json", {"linear_top1": 12.5})
   assert json.loads(gcs_env.read_object(BUCKET, "fs/run/results.json")) == {"linear_top1": 12.5}
-  assert reproduce.run_status(workdir) == "done"
-  assert reproduce.read_results(workdir) == {"linear_top1": 12.5}
+  assert runner.run_status(workdir) == "done"
+  assert runner.read_results(workdir) == {"linear_top1": 12.5}
 
   import logging
   with ProcessLog(workdir, 3):

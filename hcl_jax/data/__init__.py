@@ -2,7 +2,8 @@
 
 - ``augment``: the paper's augmentations as stateless tf functions.
 - ``digits``: the embedded, offline ``digits`` TFDS dataset (scikit-learn's).
-- ``sources``: dataset names -> TFDS builders/splits; fail fast when missing.
+- ``sources``: the registry's datasets (``hcl_jax.registry.DATASETS``) -> TFDS
+  builders/splits; fail fast when missing.
 - ``pipeline``: ``make_pretrain_dataset`` (two views, resumable),
   ``make_eval_dataset`` (readout / kNN).
 - ``global_arrays``: ``global_batches`` (sharded global arrays, prefetched).
@@ -11,7 +12,8 @@
 from hcl_jax.data.global_arrays import global_batches, to_global
 from hcl_jax.data.pipeline import (PretrainData, eval_image_size, make_eval_dataset,
                                    make_pretrain_dataset)
-from hcl_jax.data.sources import DATASETS, DatasetNotPreparedError, load_builder
+from hcl_jax.data.sources import DatasetNotPreparedError, load_builder
+from hcl_jax.registry import DATASETS
 
 __all__ = [
     "DATASETS", "DatasetNotPreparedError", "PretrainData", "eval_image_size", "global_batches",

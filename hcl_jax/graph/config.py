@@ -1,6 +1,6 @@
 """The published InfoGraph + JSD_hard settings (HCL graph/launch.sh, deepinfomax.py).
 
-configs/graph/<dataset>.py each call ``base_config`` with their TU name.
+``configs/graph.py:dataset=NAME`` is ``base_config(NAME)``.
 """
 
 from __future__ import annotations

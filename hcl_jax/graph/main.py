@@ -1,7 +1,11 @@
 """Command line of one graph run (see hcl_jax.graph.train).
 
-  python -m hcl_jax.graph.main --config configs/graph/mutag.py \
+  python -m hcl_jax.graph.main --config configs/graph.py:dataset=MUTAG \
       --workdir workdirs/graph/mutag --config.loss.beta=2.0
+
+The --config path is found as ``hcl_jax.config_check.parse_flags`` finds it
+(the working directory, then the shipped configs), and a bad one, or a bad
+``:dataset=``, is one line.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/graph/<dataset>.py")
+from hcl_jax import config_check
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/graph.py:dataset=NAME")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 
 
@@ -32,4 +38,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

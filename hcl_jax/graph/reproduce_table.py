@@ -25,20 +25,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import pathlib
 import shlex
-import statistics
 import sys
 import time
 from typing import Any, Mapping, Sequence
 
+from hcl_jax import config_check
+from hcl_jax.checks import positive_int_arg
 from hcl_jax.graph.config import BETAS, DATASETS, REPEATS
-from hcl_jax.reproduce import _positive_int  # the same argparse type as the image tables
+from hcl_jax.reproduce.report import mean_std
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = "workdirs/reproduce"
 DEFAULT_OUT_DIR = "docs/results"
 TABLES = {name.lower().replace("-", "_"): name for name in DATASETS}
@@ -57,15 +56,12 @@ def wants(argv: Sequence[str]) -> bool:
 
 
 def config_path(table: str) -> str:
-  return f"configs/graph/{table}.py"
+  """The table's config, as its commands name it: configs/graph.py:dataset=NAME."""
+  return f"configs/graph.py:dataset={TABLES[table]}"
 
 
 def load_config(table: str):
-  path = REPO_ROOT / config_path(table)
-  spec = importlib.util.spec_from_file_location(f"graph_config_{table}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_check.load(config_path(table))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,12 +133,6 @@ class BetaSummary:
   diff_std: float
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-  mean = statistics.fmean(values) if values else math.nan
-  std = statistics.stdev(values) if len(values) >= 2 else math.nan
-  return mean, std
-
-
 def summarize(results: Sequence[Mapping[str, Any]], betas: Sequence[float] = BETAS
               ) -> list[BetaSummary]:
   by_beta = {float(b): {int(r["repeat"]): r for r in results if float(r["beta"]) == float(b)}
@@ -151,15 +141,15 @@ def summarize(results: Sequence[Mapping[str, Any]], betas: Sequence[float] = BET
   out = []
   for b in betas:
     runs = by_beta[float(b)]
-    acc = _mean_std([float(r["svc_accuracy"]) for r in runs.values()])
-    e0 = _mean_std([float(r["svc_accuracy_epoch0"]) for r in runs.values()])
+    acc = mean_std([float(r["svc_accuracy"]) for r in runs.values()])
+    e0 = mean_std([float(r["svc_accuracy_epoch0"]) for r in runs.values()])
     wall = sum(float(r.get("wall_time_s", 0.0)) for r in runs.values())
     if float(b) == 0.0:
       diff, n_diff = (math.nan, math.nan), 0
     else:
       paired = [float(runs[k]["svc_accuracy"]) - float(base[k]["svc_accuracy"])
                 for k in sorted(runs) if k in base]
-      diff, n_diff = _mean_std(paired), len(paired)
+      diff, n_diff = mean_std(paired), len(paired)
     out.append(BetaSummary(float(b), len(runs), *acc, *e0, wall, n_diff, *diff))
   return out
 
@@ -287,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m hcl_jax.reproduce",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--table", required=True, choices=sorted(TABLES))
-  parser.add_argument("--repeats", type=_positive_int, default=REPEATS)
+  parser.add_argument("--repeats", type=positive_int_arg, default=REPEATS)
   parser.add_argument("--betas", type=_betas, default=BETAS, help="default 0,1,2,10")
-  parser.add_argument("--epochs", type=_positive_int, default=None,
+  parser.add_argument("--epochs", type=positive_int_arg, default=None,
                       help="override config.num_epochs (quick checks)")
   parser.add_argument("--data-dir", default=None,
                       help="folder with the TU files (every dataset but MUTAG)")
