@@ -7,6 +7,7 @@ ValueError whose message names the value and what is allowed.
 from __future__ import annotations
 
 import argparse
+import math
 import numbers
 from typing import Any
 
@@ -37,3 +38,26 @@ def positive_int_arg(text: str) -> int:
   if value < 1:
     raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
   return value
+
+
+def positive_number(name: str, value: Any) -> float:
+  """``value`` as a float if it is finite and ``> 0``; else ValueError naming ``name``."""
+  return _finite_float(name, value, "> 0", lambda v: v > 0)
+
+
+def nonnegative_number(name: str, value: Any) -> float:
+  """``value`` as a float if it is finite and ``>= 0``; else ValueError naming ``name``."""
+  return _finite_float(name, value, ">= 0", lambda v: v >= 0)
+
+
+def _finite_float(name: str, value: Any, allowed: str, in_range) -> float:
+  # float(), not is_number: what converts (numpy and JAX scalars, "1e-3")
+  # is accepted, as the evaluators always have.
+  message = f"{name} must be a finite number {allowed}; got {value!r}."
+  try:
+    value_f = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(message) from None
+  if not math.isfinite(value_f) or not in_range(value_f):
+    raise ValueError(message)
+  return value_f

@@ -12,8 +12,9 @@ field kept)::
                                   "time": "2026-12-01T07:00:00+00:00"}}}
 
 keyed by checkpoint step, then readout protocol; evaluating again the same
-step and protocol replaces only that entry. Flags are absl's, as in
-``hcl_jax.main``.
+step and protocol replaces only that entry. Flags are absl's, and set-up,
+errors and exit codes are ``hcl_jax.main``'s (``hcl_jax.entry_point``: a
+multi-process runtime, each process's log in ``DIR/logs``, one-line errors).
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging
+
+# Before absl parses: entry_point imports hcl_jax.distributed, whose flags
+# (--coordinator_address, ...) must exist by then.
+from hcl_jax import distributed
+from hcl_jax import entry_point
+from hcl_jax import registry
+from hcl_jax import workdir_fs
+from hcl_jax.run_guard import RunError
 
 RESULTS_FILE = "results.json"
 EVALUATIONS_KEY = "evaluations"
@@ -35,8 +43,7 @@ def _define_flags() -> None:
   # Defined on demand: hcl_jax.main defines its own --workdir in the same
   # process (tests import both).
   if "readout" not in flags.FLAGS:
-    from hcl_jax.config_check import READOUTS
-    flags.DEFINE_enum("readout", None, list(READOUTS), "Override config.eval.readout.")
+    flags.DEFINE_enum("readout", None, list(registry.READOUTS), "Override config.eval.readout.")
   if "workdir" not in flags.FLAGS:
     flags.DEFINE_string("workdir", None, "A training run's --workdir.")
 
@@ -54,22 +61,16 @@ def record_evaluation(results: dict[str, Any], step: int, protocol: str,
   return out
 
 
-def evaluate_workdir(workdir: str, readout: str | None = None) -> dict[str, Any]:
-  """Evaluates ``workdir``'s newest readable checkpoint; returns the new results.json."""
-  import jax
+def load_config(workdir: str, readout: str | None = None) -> Any:
+  """The run's saved ``config.json``, ``readout`` (if given) as config.eval.readout, checked.
+
+  Raises RunError (one line naming the file) for a missing or invalid config.
+  """
   import ml_collections
 
   from hcl_jax import config_check
-  from hcl_jax import evaluate
-  from hcl_jax import models
-  from hcl_jax import train_step as train_step_lib
-  from hcl_jax.checkpointing import Checkpointer
-  from hcl_jax.mesh import make_mesh
-  from hcl_jax import workdir_fs
-  from hcl_jax.run_guard import RunError
 
-  root = workdir_fs.as_path(workdir)
-  config_path = root / "config.json"
+  config_path = workdir_fs.as_path(workdir) / "config.json"
   if not config_path.exists():
     raise RunError(f"{config_path} does not exist: is {workdir!r} a training run's workdir?")
   config = ml_collections.ConfigDict(workdir_fs.read_json(config_path))
@@ -79,11 +80,32 @@ def evaluate_workdir(workdir: str, readout: str | None = None) -> dict[str, Any]
     config_check.validate(config)  # the saved config, before anything compiles
   except ValueError as e:
     raise RunError(f"{config_path}: {e}") from None
+  return config
+
+
+def evaluate_workdir(workdir: str, readout: str | None = None) -> dict[str, Any]:
+  """Evaluates ``workdir``'s newest readable checkpoint; returns the new results.json."""
+  return _evaluate(workdir, load_config(workdir, readout))
+
+
+def _evaluate(workdir: str, config: Any) -> dict[str, Any]:
+  """``evaluate_workdir`` on the run's checked ``config``."""
+  import jax
+
+  from hcl_jax import evaluate
+  from hcl_jax import models
+  from hcl_jax import train_step as train_step_lib
+  from hcl_jax.checkpointing import Checkpointer
+  from hcl_jax.mesh import make_mesh
+
+  root = workdir_fs.as_path(workdir)
   mesh = make_mesh()
   model = models.create_model(config)
   image_shape = (config.image_size, config.image_size, 3)
   template = train_step_lib.create_train_state(config, model, jax.random.key(config.seed), mesh,
                                                image_shape)
+  # Orbax's set-up is the first cross-process collective: start it together.
+  distributed.wait_for_all_processes("before_checkpointer")
   with Checkpointer(root / "checkpoints", keep=config.keep_checkpoints,
                     save_every_steps=config.checkpoint_every_steps, read_only=True) as ckpt:
     restored = ckpt.restore_latest(template)
@@ -106,19 +128,18 @@ def evaluate_workdir(workdir: str, readout: str | None = None) -> dict[str, Any]
 
 
 def _main(argv: list[str]) -> None:
-  from hcl_jax import run_guard
-
-  run_guard.exit_on_signals_outside_training()
-  run_guard.set_phase("evaluation")
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if flags.FLAGS.workdir is None:
+  workdir, readout = flags.FLAGS.workdir, flags.FLAGS.readout
+  if workdir is None:
     raise app.UsageError("--workdir is required.")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  with run_guard.one_line_errors(flags.FLAGS.workdir, hard_exit=True):
-    evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.readout)
-  run_guard.exit_now(0)
+
+  def evaluate(config: Any) -> int:
+    _evaluate(workdir, config)
+    return 0
+
+  entry_point.run(workdir, config=lambda: load_config(workdir, readout), work=evaluate,
+                  phase="evaluation")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -219,39 +219,20 @@ def _check_identity(ckpt: Any, identity: dict, workdir: str, allow_change: bool)
 
 
 def main(argv: list[str]) -> None:
-  from hcl_jax import run_guard
-
-  run_guard.exit_on_signals_outside_training()
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
   from hcl_jax import config_check
-  from hcl_jax import distributed as distributed_lib
+  from hcl_jax import entry_point
 
-  try:
-    config_check.validate(_CONFIG.value)  # before any backend or dataset starts
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  def train(config: Any) -> int:
+    results = train_and_evaluate(config, _WORKDIR.value,
+                                 allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    return 130 if results.get("signal") == "SIGINT" else 0
 
-  if not flags.FLAGS["verbosity"].present:
-    # orbax and TFDS log every file they touch at INFO: keep the terminal for
-    # the progress display (pass --verbosity=0 to see them).
-    logging.set_verbosity(logging.WARNING)
-  from hcl_jax.process_log import ProcessLog
-
-  with run_guard.one_line_errors(_WORKDIR.value, hard_exit=True):
-    try:
-      info = distributed_lib.initialize_distributed()
-    except distributed_lib.DistributedInitError as e:
-      raise run_guard.RunError(str(e)) from None
-    # Inside one_line_errors: the log is closed (uploaded) before any exit.
-    with ProcessLog(_WORKDIR.value, info.process_index):
-      print(f"Process {info.process_index} of {info.process_count} ({info.mode}): "
-            f"{info.local_device_count} of {info.global_device_count} devices.", flush=True)
-      results = train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                   allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  run_guard.exit_now(130 if results.get("signal") == "SIGINT" else 0)
+  # The config is checked before any backend or dataset starts.
+  entry_point.run(_WORKDIR.value, config=lambda: config_check.validate(_CONFIG.value), work=train)
 
 
 if __name__ == "__main__":

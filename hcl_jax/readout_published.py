@@ -6,7 +6,7 @@ what this module does the same way:
 * One ``nn.Linear(F, classes)`` with bias on the frozen encoder's
   un-normalised feature, Adam lr 1e-3 with weight decay 1e-6 (L2 in the
   gradient), cross-entropy, batch 512, 100 epochs, shuffled each epoch, the
-  last partial batch kept (reused from :mod:`hcl_jax.evaluate`).
+  last partial batch kept (reused from :mod:`hcl_jax.linear_readout`).
 * Training images go through the augmented ``train_transform`` (crop, flip,
   jitter, grayscale, blur: ``make_eval_dataset(..., augment=True)``).
 * The network is in **train mode** while the linear layer trains
@@ -40,7 +40,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from hcl_jax import evaluate as ev_lib
+from hcl_jax import checks
+from hcl_jax import linear_readout
+from hcl_jax.features import (check_batch_labels, extract_features, num_devices, place_batch,
+                              to_host_batch)
+from hcl_jax.mesh import replicated
 
 TEST_EVERY = 5   # image/linear.py: `if epoch % 5 == 0: test`
 
@@ -68,7 +72,7 @@ def train_linear_readout_published(
     make_test_iterator: ``make_test_iterator()`` yields the unaugmented test
       batches.
     num_classes, epochs, learning_rate, weight_decay, seed: as in
-      :func:`hcl_jax.evaluate.train_linear_readout` (epochs >= 1).
+      :func:`hcl_jax.linear_readout.train_linear_readout` (epochs >= 1).
     bn_groups: ghost-BN chunks of every training batch (DataParallel GPUs).
     test_every: test every this many epochs (and after the last one).
     mesh: batches split over its data axis; variables replicated.
@@ -79,14 +83,13 @@ def train_linear_readout_published(
     (1-based), top-1], ...] every test in order, "batch_stats": the running
     averages at the end of the readout, "params": the linear layer}.
   """
-  num_classes, epochs, learning_rate, weight_decay, seed = (
-      ev_lib._check_readout_hyperparameters(num_classes, epochs, learning_rate,
-                                            weight_decay, seed))
+  num_classes, epochs, learning_rate, weight_decay, seed = linear_readout.check_hyperparameters(
+      num_classes, epochs, learning_rate, weight_decay, seed)
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1 for the published readout; got {epochs}.")
-  test_every = ev_lib._check_int("test_every", test_every, minimum=1)
-  bn_groups = ev_lib._check_int("bn_groups", bn_groups, minimum=1)
-  optimizer = ev_lib.readout_optimizer(learning_rate, weight_decay)
+  test_every = checks.int_at_least("test_every", test_every, 1)
+  bn_groups = checks.int_at_least("bn_groups", bn_groups, 1)
+  optimizer = linear_readout.readout_optimizer(learning_rate, weight_decay)
 
   # The encoder's parameters are arguments, not closed-over constants: XLA
   # would otherwise embed ResNet-50's 94 MB of weights in the program.
@@ -95,8 +98,8 @@ def train_linear_readout_published(
         {"params": params, "batch_stats": stats}, images, True, bn_groups,
         method=_encoder, mutable=["batch_stats"])
     features = jax.lax.stop_gradient(features)
-    lin_params, opt_state, loss = ev_lib._update(optimizer, lin_params, opt_state, features,
-                                                 labels, mask)
+    lin_params, opt_state, loss = linear_readout.update(optimizer, lin_params, opt_state,
+                                                        features, labels, mask)
     return lin_params, opt_state, updates["batch_stats"], loss
 
   def encode_eval(params, stats, images):
@@ -106,10 +109,10 @@ def train_linear_readout_published(
   if mesh is None:
     step_fn = jax.jit(step, donate_argnums=(0, 1, 2))
   else:
-    rep = ev_lib.replicated(mesh)
+    rep = replicated(mesh)
     step_fn = jax.jit(step, out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
   encode_fn = jax.jit(encode_eval)
-  num_devices = ev_lib._num_devices(mesh)
+  devices = num_devices(mesh)
 
   # A copy: donation must not consume the caller's batch_stats.
   stats = jax.tree.map(lambda a: a.copy(), batch_stats)
@@ -118,24 +121,21 @@ def train_linear_readout_published(
   for epoch in range(epochs):
     losses = []
     for batch in make_train_iterator(epoch):
-      images, labels, mask = ev_lib._to_host_batch(batch)
+      images, labels, mask = to_host_batch(batch)
       images, labels = images[mask], labels[mask]
-      rows = images.shape[0] - images.shape[0] % num_devices
+      rows = images.shape[0] - images.shape[0] % devices
       if rows == 0:
         continue
       images, labels = images[:rows], labels[:rows]
-      if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"batch labels must lie in [0, num_classes) = [0, {num_classes}); "
-                         f"got values in [{labels.min()}, {labels.max()}].")
-      images, labels, mask = ev_lib._place_batch(images, labels, np.ones(rows, bool), mesh)
+      check_batch_labels(labels, num_classes)
+      images, labels, mask = place_batch(images, labels, np.ones(rows, bool), mesh)
       if lin_params is None:
         feature_dim = jax.eval_shape(encode_eval, params, stats, images).shape[1]
-        lin_params = ev_lib.init_linear_readout(jax.random.PRNGKey(seed), feature_dim,
-                                                num_classes)
+        lin_params = linear_readout.init_linear_readout(jax.random.PRNGKey(seed), feature_dim,
+                                                        num_classes)
         opt_state = optimizer.init(lin_params)
         if mesh is not None:
-          lin_params, opt_state = jax.device_put((lin_params, opt_state),
-                                                 ev_lib.replicated(mesh))
+          lin_params, opt_state = jax.device_put((lin_params, opt_state), replicated(mesh))
       lin_params, opt_state, stats, loss = step_fn(lin_params, opt_state, stats, images,
                                                    labels, mask, params)
       losses.append(loss)
@@ -144,8 +144,8 @@ def train_linear_readout_published(
     if on_epoch_end is not None:
       on_epoch_end(epoch, float(np.mean([float(l) for l in losses])))
     if (epoch + 1) % test_every == 0 or epoch + 1 == epochs:
-      features, labels = ev_lib.extract_features(functools.partial(encode_fn, params, stats),
-                                                 make_test_iterator(), mesh=mesh)
-      tests.append([epoch + 1, ev_lib.linear_top1(lin_params, features, labels)])
+      features, labels = extract_features(functools.partial(encode_fn, params, stats),
+                                          make_test_iterator(), mesh=mesh)
+      tests.append([epoch + 1, linear_readout.linear_top1(lin_params, features, labels)])
   return {"linear_top1": tests[-1][1], "tests": tests, "batch_stats": stats,
           "params": lin_params}

@@ -1,4 +1,5 @@
-"""Tests of hcl_jax.evaluate: weighted kNN and the linear readout."""
+"""Tests of the evaluators: weighted kNN (hcl_jax.knn), the linear readouts
+(hcl_jax.linear_readout) and feature extraction (hcl_jax.features)."""
 
 import os
 
@@ -10,7 +11,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hcl_jax import evaluate  # noqa: E402
+from hcl_jax import features as features_lib  # noqa: E402
+from hcl_jax import knn  # noqa: E402
+from hcl_jax import linear_readout  # noqa: E402
 from hcl_jax.mesh import make_mesh  # noqa: E402
 
 
@@ -63,20 +66,20 @@ def test_knn_hand_worked_weighting_beats_majority():
                        [np.exp(1.2), np.exp(1.6), 1.0]])
   # knn_scores divides each row by its nearest neighbour's weight.
   expected_normalised = expected / np.array([[np.exp(2.0)], [np.exp(1.6)]])
-  scores = evaluate.knn_scores(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
+  scores = knn.knn_scores(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
                                test.astype(np.float32), num_classes=3, k=3, temperature=0.5)
   np.testing.assert_allclose(scores, expected_normalised, rtol=1e-5, atol=1e-6)
-  predictions = evaluate.knn_predict(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
+  predictions = knn.knn_predict(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
                                      test.astype(np.float32), num_classes=3, k=3,
                                      temperature=0.5)
   np.testing.assert_array_equal(predictions, [0, 1])
   # A flat temperature (t = 10) makes the vote nearly a plain majority:
   # class 0 gets exp(0.1) = 1.105 < class 1's 2.
-  flat = evaluate.knn_predict(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
+  flat = knn.knn_predict(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
                               test[:1].astype(np.float32), num_classes=3, k=3,
                               temperature=10.0)
   np.testing.assert_array_equal(flat, [1])
-  assert evaluate.knn_top1(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
+  assert knn.knn_top1(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
                            test.astype(np.float32), np.array([0, 0]), num_classes=3, k=3,
                            temperature=0.5) == 0.5
 
@@ -85,7 +88,7 @@ def test_knn_k_clipped_to_bank_size():
   # k = 200 > N = 6: every train point votes. For (1, 0): class 0 gets
   # exp(2) + exp(-2), class 1 gets 2, class 2 gets 2 exp(-1.6).
   test = np.array([[1.0, 0.0]], np.float32)
-  scores = evaluate.knn_scores(_HAND_TRAIN.astype(np.float32), _HAND_LABELS, test,
+  scores = knn.knn_scores(_HAND_TRAIN.astype(np.float32), _HAND_LABELS, test,
                                num_classes=3, k=200, temperature=0.5)
   expected = np.array([[np.exp(2.0) + np.exp(-2.0), 2.0, 2 * np.exp(-1.6)]]) / np.exp(2.0)
   np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-7)
@@ -103,10 +106,10 @@ def _random_knn_problem(seed=0, num_train=300, num_test=53, dim=16, num_classes=
 def test_knn_matches_float64_oracle(k, temperature):
   train, labels, test = _random_knn_problem()
   oracle = _knn_oracle(train, labels, test, num_classes=5, k=k, temperature=temperature)
-  predictions = evaluate.knn_predict(train, labels, test, num_classes=5, k=k,
+  predictions = knn.knn_predict(train, labels, test, num_classes=5, k=k,
                                      temperature=temperature)
   np.testing.assert_array_equal(predictions, np.argmax(oracle, axis=1))
-  scores = evaluate.knn_scores(train, labels, test, num_classes=5, k=k,
+  scores = knn.knn_scores(train, labels, test, num_classes=5, k=k,
                                temperature=temperature)
   nearest = np.exp(np.max(_cosines(train, test), axis=1) / temperature)
   np.testing.assert_allclose(scores, oracle / nearest[:, None], rtol=2e-5, atol=1e-6)
@@ -120,22 +123,22 @@ def _cosines(train, test):
 
 def test_knn_chunked_equals_unchunked():
   train, labels, test = _random_knn_problem(seed=1)
-  whole = evaluate.knn_scores(train, labels, test, num_classes=5, k=25, batch_size=1000)
+  whole = knn.knn_scores(train, labels, test, num_classes=5, k=25, batch_size=1000)
   for batch_size in (1, 7, 52):
-    chunked = evaluate.knn_scores(train, labels, test, num_classes=5, k=25,
+    chunked = knn.knn_scores(train, labels, test, num_classes=5, k=25,
                                   batch_size=batch_size)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
 
 
 def test_knn_sharded_equals_single_device(mesh8):
   train, labels, test = _random_knn_problem(seed=2)
-  single = evaluate.knn_scores(train, labels, test, num_classes=5, k=25, batch_size=20)
-  sharded = evaluate.knn_scores(train, labels, test, num_classes=5, k=25, batch_size=20,
+  single = knn.knn_scores(train, labels, test, num_classes=5, k=25, batch_size=20)
+  sharded = knn.knn_scores(train, labels, test, num_classes=5, k=25, batch_size=20,
                                 mesh=mesh8)
   np.testing.assert_allclose(sharded, single, rtol=1e-6, atol=1e-7)
   labels_test = np.arange(test.shape[0]) % 5
-  assert (evaluate.knn_top1(train, labels, test, labels_test, num_classes=5, k=25, mesh=mesh8)
-          == evaluate.knn_top1(train, labels, test, labels_test, num_classes=5, k=25))
+  assert (knn.knn_top1(train, labels, test, labels_test, num_classes=5, k=25, mesh=mesh8)
+          == knn.knn_top1(train, labels, test, labels_test, num_classes=5, k=25))
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -161,12 +164,12 @@ def test_knn_rejects_bad_input(kwargs, message):
               test_features=np.ones((2, 2), np.float32), num_classes=3, k=3)
   args.update(kwargs)
   with pytest.raises(ValueError, match=message):
-    evaluate.knn_predict(**args)
+    knn.knn_predict(**args)
 
 
 def test_knn_top1_rejects_bad_test_labels():
   with pytest.raises(ValueError, match=r"test_labels must have shape \[2\]"):
-    evaluate.knn_top1(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
+    knn.knn_top1(_HAND_TRAIN.astype(np.float32), _HAND_LABELS,
                       np.ones((2, 2), np.float32), np.array([0]), num_classes=3, k=3)
 
 
@@ -209,7 +212,7 @@ def _numpy_readout(params, batches, *, learning_rate, weight_decay):
 
 
 def test_init_matches_torch_linear_bounds():
-  params = evaluate.init_linear_readout(jax.random.PRNGKey(0), 16, 300)
+  params = linear_readout.init_linear_readout(jax.random.PRNGKey(0), 16, 300)
   assert params["kernel"].shape == (16, 300) and params["bias"].shape == (300,)
   for value in (params["kernel"], params["bias"]):
     value = np.asarray(value)
@@ -221,19 +224,19 @@ def test_fast_readout_matches_numpy_adam_oracle():
   features = rng.normal(size=(23, 6)).astype(np.float32)
   labels = rng.integers(0, 4, size=23)
   lr, wd, batch_size, epochs, seed = 1e-2, 1e-3, 10, 3, 5
-  params = evaluate.train_linear_readout(features, labels, num_classes=4, epochs=epochs,
+  params = linear_readout.train_linear_readout(features, labels, num_classes=4, epochs=epochs,
                                          batch_size=batch_size, learning_rate=lr,
                                          weight_decay=wd, seed=seed)
 
   def oracle_batches():
     for epoch in range(epochs):
-      order = np.asarray(evaluate._epoch_permutation(seed, epoch, 23))
+      order = np.asarray(linear_readout._epoch_permutation(seed, epoch, 23))
       assert sorted(order) == list(range(23))
       for start in range(0, 23, batch_size):  # last batch has 3 rows
         rows = order[start:start + batch_size]
         yield features[rows], labels[rows]
 
-  init = evaluate.init_linear_readout(jax.random.PRNGKey(seed), 6, 4)
+  init = linear_readout.init_linear_readout(jax.random.PRNGKey(seed), 6, 4)
   expected = _numpy_readout(init, oracle_batches(), learning_rate=lr, weight_decay=wd)
   for name in ("kernel", "bias"):
     np.testing.assert_allclose(np.asarray(params[name]), expected[name], rtol=1e-4, atol=2e-5)
@@ -244,8 +247,8 @@ def test_fast_readout_sharded_equals_single_device(mesh8):
   features = rng.normal(size=(45, 6)).astype(np.float32)
   labels = rng.integers(0, 3, size=45)
   kwargs = dict(num_classes=3, epochs=4, batch_size=10, learning_rate=1e-2, seed=2)
-  single = evaluate.train_linear_readout(features, labels, **kwargs)
-  sharded = evaluate.train_linear_readout(features, labels, mesh=mesh8, **kwargs)
+  single = linear_readout.train_linear_readout(features, labels, **kwargs)
+  sharded = linear_readout.train_linear_readout(features, labels, mesh=mesh8, **kwargs)
   for name in ("kernel", "bias"):
     np.testing.assert_allclose(np.asarray(sharded[name]), np.asarray(single[name]),
                                rtol=1e-5, atol=1e-6)
@@ -281,7 +284,7 @@ def test_augmented_readout_matches_numpy_adam_oracle_and_sharding(mesh8):
            "mask": np.array([True, True, True, False, False])}
 
   lr, wd, seed, epochs = 1e-2, 1e-4, 7, 2
-  params = evaluate.train_linear_readout_augmented(
+  params = linear_readout.train_linear_readout_augmented(
       encode_fn, make_train_iterator, num_classes=3, epochs=epochs, learning_rate=lr,
       weight_decay=wd, seed=seed)
 
@@ -293,12 +296,12 @@ def test_augmented_readout_matches_numpy_adam_oracle_and_sharding(mesh8):
         mask = batch.get("mask", np.ones(len(batch["label"]), bool))
         yield (batch["image"][mask].reshape(-1, 12) @ projection64, batch["label"][mask])
 
-  init = evaluate.init_linear_readout(jax.random.PRNGKey(seed), 20, 3)
+  init = linear_readout.init_linear_readout(jax.random.PRNGKey(seed), 20, 3)
   expected = _numpy_readout(init, oracle_batches(), learning_rate=lr, weight_decay=wd)
   for name in ("kernel", "bias"):
     np.testing.assert_allclose(np.asarray(params[name]), expected[name], rtol=1e-4, atol=2e-5)
 
-  sharded = evaluate.train_linear_readout_augmented(
+  sharded = linear_readout.train_linear_readout_augmented(
       encode_fn, make_train_iterator, num_classes=3, epochs=epochs, learning_rate=lr,
       weight_decay=wd, seed=seed, mesh=mesh8)
   for name in ("kernel", "bias"):
@@ -322,8 +325,8 @@ def _batches(images, labels, batch_size):
   for start in range(0, len(labels), batch_size):
     image, label = images[start:start + batch_size], labels[start:start + batch_size]
     real = len(label)
-    yield {"image": evaluate._pad_rows(image, batch_size),
-           "label": evaluate._pad_rows(label, batch_size),
+    yield {"image": features_lib.pad_rows(image, batch_size),
+           "label": features_lib.pad_rows(label, batch_size),
            "mask": np.arange(batch_size) < real}
 
 
@@ -333,7 +336,7 @@ def test_extract_features_drops_masked_rows(mesh8):
   labels = rng.integers(0, 5, size=21)
   expected = images.reshape(21, 12).astype(np.float64) @ np.asarray(projection, np.float64)
   for mesh in (None, mesh8):
-    features, out_labels = evaluate.extract_features(encode_fn, _batches(images, labels, 6),
+    features, out_labels = features_lib.extract_features(encode_fn, _batches(images, labels, 6),
                                                      mesh=mesh)
     assert features.shape == (21, 20) and features.dtype == np.float32
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
@@ -345,33 +348,33 @@ def test_readout_recovers_linearly_separable_labels():
   weights = rng.normal(size=(12, 4))
   train_images, train_labels = _separable_toy(rng, 800, weights)
   test_images, test_labels = _separable_toy(rng, 300, weights)
-  train_features, train_labels_out = evaluate.extract_features(
+  train_features, train_labels_out = features_lib.extract_features(
       encode_fn, _batches(train_images, train_labels, 128))
-  test_features, _ = evaluate.extract_features(encode_fn, _batches(test_images, test_labels, 128))
+  test_features, _ = features_lib.extract_features(encode_fn, _batches(test_images, test_labels, 128))
   np.testing.assert_array_equal(train_labels_out, train_labels)
-  params = evaluate.train_linear_readout(train_features, train_labels, num_classes=4,
+  params = linear_readout.train_linear_readout(train_features, train_labels, num_classes=4,
                                          epochs=40, batch_size=64, learning_rate=1e-2)
-  assert evaluate.linear_top1(params, test_features, test_labels) >= 0.97
+  assert linear_readout.linear_top1(params, test_features, test_labels) >= 0.97
   # Sanity of the metric: a shuffled labelling is at chance.
-  assert evaluate.linear_top1(params, test_features, rng.permutation(test_labels)) < 0.5
+  assert linear_readout.linear_top1(params, test_features, rng.permutation(test_labels)) < 0.5
 
 
 def test_readout_rejects_bad_input():
   features = np.zeros((4, 3), np.float32)
   labels = np.array([0, 1, 0, 1])
   with pytest.raises(ValueError, match="num_classes must be"):
-    evaluate.train_linear_readout(features, labels, num_classes=0, epochs=1)
+    linear_readout.train_linear_readout(features, labels, num_classes=0, epochs=1)
   with pytest.raises(ValueError, match="must lie in"):
-    evaluate.train_linear_readout(features, labels, num_classes=1, epochs=1)
+    linear_readout.train_linear_readout(features, labels, num_classes=1, epochs=1)
   with pytest.raises(ValueError, match="batch_size must be"):
-    evaluate.train_linear_readout(features, labels, num_classes=2, epochs=1, batch_size=0)
+    linear_readout.train_linear_readout(features, labels, num_classes=2, epochs=1, batch_size=0)
   with pytest.raises(ValueError, match="learning_rate must be"):
-    evaluate.train_linear_readout(features, labels, num_classes=2, epochs=1, learning_rate=0)
+    linear_readout.train_linear_readout(features, labels, num_classes=2, epochs=1, learning_rate=0)
   with pytest.raises(ValueError, match="rank 2"):
-    evaluate.train_linear_readout(features[0], labels, num_classes=2, epochs=1)
-  params = evaluate.init_linear_readout(jax.random.PRNGKey(0), 3, 2)
+    linear_readout.train_linear_readout(features[0], labels, num_classes=2, epochs=1)
+  params = linear_readout.init_linear_readout(jax.random.PRNGKey(0), 3, 2)
   with pytest.raises(ValueError, match="feature dim 3"):
-    evaluate.linear_top1(params, np.zeros((4, 5), np.float32), labels)
+    linear_readout.linear_top1(params, np.zeros((4, 5), np.float32), labels)
   with pytest.raises(ValueError, match="yielded no batch"):
-    evaluate.train_linear_readout_augmented(lambda x: x, lambda epoch: iter(()),
+    linear_readout.train_linear_readout_augmented(lambda x: x, lambda epoch: iter(()),
                                             num_classes=2, epochs=1)

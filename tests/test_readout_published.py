@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from hcl_jax import evaluate, models
+from hcl_jax import linear_readout, models
 from hcl_jax.readout_published import train_linear_readout_published
 
 N_TRAIN, N_TEST, BATCH, CLASSES = 14, 10, 6, 3
@@ -46,8 +46,8 @@ def _oracle(model, variables, data, *, epochs, groups, lr=1e-2):
   encode = lambda st, x, train_mode: model.apply(
       {"params": params, "batch_stats": st}, x, train_mode,
       method=lambda m, x, t: m.encoder(x, t), mutable=["batch_stats"] if train_mode else False)
-  lin = evaluate.init_linear_readout(jax.random.PRNGKey(0), 4, CLASSES)  # F = base_width
-  opt = evaluate.readout_optimizer(lr, 1e-6)
+  lin = linear_readout.init_linear_readout(jax.random.PRNGKey(0), 4, CLASSES)  # F = base_width
+  opt = linear_readout.readout_optimizer(lr, 1e-6)
   opt_state = opt.init(lin)
   tests = []
   for epoch in range(epochs):

@@ -1,0 +1,70 @@
+"""What the command lines that take a ``--workdir`` do around their work.
+
+``python -m hcl_jax.main`` (train, then evaluate) and ``python -m
+hcl_jax.evaluate`` (a run's latest checkpoint) both end in :func:`run`, so
+that they fail, log and exit the same way::
+
+  def main(argv):
+    ...  # absl usage checks (app.UsageError)
+    entry_point.run(workdir, config=lambda: checked_config, work=lambda config: exit_code)
+
+Imported before absl parses the flags: it imports ``hcl_jax.distributed``,
+which defines ``--coordinator_address`` and the other runtime flags.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NoReturn
+
+from absl import flags
+from absl import logging
+
+from hcl_jax import distributed
+from hcl_jax import run_guard
+from hcl_jax.process_log import ProcessLog
+
+
+def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],
+        phase: str = "start-up") -> NoReturn:
+  """Runs ``work(config())`` as a command-line entry point; exits with its code.
+
+  In this order:
+
+  1. SIGTERM / SIGINT raise ``run_guard.Interrupted`` (exit 75, "retry", one
+     line naming ``phase``) until training's ``PreemptionGuard`` takes over.
+  2. ``config()``: the run's config, checked before any backend starts or
+     anything is written; a mistake in it (ValueError, ``RunError``) is one
+     line and exit 1.
+  3. absl logging at WARNING unless ``--verbosity`` is given: orbax and TFDS
+     log every file they touch at INFO, which would bury the progress display
+     (pass ``--verbosity=0`` to see them).
+  4. Inside ``run_guard.one_line_errors`` (ended by ``run_guard.exit_now``):
+     the multi-process runtime (``distributed.initialize_distributed``), then
+     this process's log ``WORKDIR/logs/process_<i>.log`` (closed, i.e.
+     uploaded, before any exit), a line naming the process and its devices,
+     and ``work(config)``.
+
+  Args:
+    workdir: the run's directory (local or gs://); named in an OS error that
+      carries no path.
+    config: returns the checked config; raises on a bad one.
+    work: the entry point's work on that config; returns the exit code.
+    phase: what a signal before training interrupts ("start-up",
+      "evaluation").
+  """
+  run_guard.exit_on_signals_outside_training()
+  run_guard.set_phase(phase)
+  with run_guard.one_line_errors(workdir):  # nothing started yet: a plain SystemExit
+    checked = config()
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  with run_guard.one_line_errors(workdir, hard_exit=True):
+    try:
+      info = distributed.initialize_distributed()
+    except distributed.DistributedInitError as e:
+      raise run_guard.RunError(str(e)) from None
+    with ProcessLog(workdir, info.process_index):
+      print(f"Process {info.process_index} of {info.process_count} ({info.mode}): "
+            f"{info.local_device_count} of {info.global_device_count} devices.", flush=True)
+      code = work(checked)
+  run_guard.exit_now(code)
