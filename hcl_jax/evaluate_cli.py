@@ -62,6 +62,7 @@ def evaluate_workdir(workdir: str, readout: str | None = None) -> dict[str, Any]
   from hcl_jax import config_check
   from hcl_jax import evaluate
   from hcl_jax import models
+  from hcl_jax import optim
   from hcl_jax import train_step as train_step_lib
   from hcl_jax.checkpointing import Checkpointer
   from hcl_jax.mesh import make_mesh
@@ -76,14 +77,14 @@ def evaluate_workdir(workdir: str, readout: str | None = None) -> dict[str, Any]
   if readout:
     config.eval.readout = readout
   try:
-    config_check.validate(config)  # the saved config, before anything compiles
+    config = config_check.validate(config)  # the saved config, before anything compiles
   except ValueError as e:
     raise RunError(f"{config_path}: {e}") from None
   mesh = make_mesh()
   model = models.create_model(config)
   image_shape = (config.image_size, config.image_size, 3)
-  template = train_step_lib.create_train_state(config, model, jax.random.key(config.seed), mesh,
-                                               image_shape)
+  template = train_step_lib.create_train_state(model, optim.make_optimizer(config, 1),
+                                               jax.random.key(config.seed), mesh, image_shape)
   with Checkpointer(root / "checkpoints", keep=config.keep_checkpoints,
                     save_every_steps=config.checkpoint_every_steps, read_only=True) as ckpt:
     restored = ckpt.restore_latest(template)

@@ -225,7 +225,7 @@ def check_training_config(config: str, overrides: Sequence[str],
   """Parses ``--config`` and its flags as hcl_jax.main will, then validates.
 
   Uses ml_collections' own flag parser on the config file and
-  ``hcl_jax.main.validate_run_config``; ValueError naming the bad flag or key.
+  ``hcl_jax.config_check.validate``; ValueError naming the bad flag or key.
   """
   try:
     from absl import flags
@@ -261,7 +261,7 @@ def check_training_config(config: str, overrides: Sequence[str],
                      f"({key!r})") from None
   except flags.Error as e:
     raise ValueError(f"{e}") from None
-  main_lib.validate_run_config(values.config, devices)
+  main_lib.config_check.validate(values.config, devices)
 
 
 # --------------------------------------------------------------------------
