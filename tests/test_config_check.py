@@ -93,3 +93,19 @@ def test_missing_config_file_and_configs_found_from_any_cwd(tmp_path, monkeypatc
     config_check.load_and_validate("configs/nope.py")
   monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped ones are used
   assert config_check.load_and_validate("configs/digits.py").dataset == "digits"
+
+
+def test_an_older_config_json_is_completed_from_the_schema():
+  import ml_collections
+
+  schema = config_check.load_and_validate("configs/digits.py")
+  older = json.loads(json.dumps(schema.to_dict()))   # as config.json holds it
+  del older["on_nonfinite"], older["data"]["mean"], older["eval"]["image_size"]
+  older["data"]["prefetch"] = 2                     # retired: dropped, not refused
+  older["loss"]["beta"] = 2.0
+  given = ml_collections.ConfigDict(older)
+  config = config_check.validate(given)
+  assert config.on_nonfinite == schema.on_nonfinite and config.eval.image_size == 0
+  assert tuple(config.data.mean) == tuple(schema.data.mean) and "prefetch" not in config.data
+  assert config.loss.beta == 2.0
+  assert "on_nonfinite" not in given and "prefetch" in given.data   # not changed
