@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 from configs.digits import get_config  # noqa: E402
 from hcl_jax import mesh as mesh_lib  # noqa: E402
 from hcl_jax import models  # noqa: E402
+from hcl_jax import optim  # noqa: E402
 from hcl_jax import train_step as ts  # noqa: E402
 
 
@@ -117,9 +118,9 @@ def build_jax(batch_np, compiler_options, num_devices):
   config.mixed_precision = args.bf16
   mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
   model = models.create_model(config)
-  state = ts.create_train_state(config, model, jax.random.key(0), mesh,
+  state = ts.create_train_state(model, optim.make_optimizer(config, 100), jax.random.key(0), mesh,
                                 (args.image_size, args.image_size, 3))
-  step = ts.make_train_step(config, mesh, steps_per_epoch=100, compiler_options=compiler_options)
+  step = ts.make_train_step(config, mesh, 100, model, compiler_options=compiler_options)
   batch = jax.device_put({k: jnp.asarray(v) for k, v in batch_np.items()},
                          mesh_lib.batch_sharding(mesh))
   t = time.perf_counter()

@@ -70,7 +70,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.threadpool_size = 0       # tf.data private threadpool; 0: TF default (all cores)
   config.data.mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10's, used for every dataset
   config.data.std = (0.2023, 0.1994, 0.2010)   # as in the published code (docs/reference.md)
-  config.data.prefetch = 2              # global batches kept on device ahead of the step
 
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 3

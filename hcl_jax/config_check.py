@@ -31,6 +31,7 @@ import difflib
 import pathlib
 from typing import Any, Sequence
 
+from hcl_jax import checks
 from hcl_jax import registry
 
 SCHEMA_CONFIG = "digits.py"
@@ -150,64 +151,162 @@ def config_overrides(flags_: Sequence[str]) -> list[str]:
 READOUTS = registry.READOUTS
 
 
-def _positive_int(config: Any, key: str, minimum: int = 1) -> None:
-  value = config
+def _value(config: Any, key: str) -> Any:
   for part in key.split("."):
-    value = value.get(part) if value is not None else None
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ConfigError(f"config.{key} must be an int >= {minimum}; got {value!r}.")
+    config = config[part]
+  return config
 
 
-def validate_run_config(config: Any, num_devices: int = 1) -> None:
-  """Every check that needs no data and no compilation; ValueError naming the key."""
-  # Imported here so that a bad key is reported before JAX starts.
-  from hcl_jax import train_step as train_step_lib
+def _positive_int(config: Any, key: str, minimum: int = 1) -> None:
+  try:
+    checks.int_at_least(f"config.{key}", _value(config, key), minimum)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
-  if config.get("dataset") not in DATASETS:
-    raise ConfigError(f"config.dataset must be one of {DATASETS}; got {config.get('dataset')!r}.")
-  if not isinstance(config.get("data_dir"), str):
+
+def _one_of(config: Any, key: str, allowed: Any) -> None:
+  value = _value(config, key)
+  if value not in allowed:
+    raise ConfigError(f"config.{key} must be one of {allowed}; got {value!r}.")
+
+
+def _number(config: Any, key: str, is_allowed: Any, allowed: str) -> None:
+  """ConfigError unless ``config.key`` is a number (not a bool) with ``is_allowed(value)``."""
+  value = _value(config, key)
+  if not checks.is_number(value) or not is_allowed(value):
+    raise ConfigError(f"config.{key} must be {allowed}; got {value!r}.")
+
+
+def _check_model(config: Any) -> None:
+  from hcl_jax import models
+
+  _one_of(config, "model.name", sorted(models.MODELS))
+  _one_of(config, "model.stem", models.STEMS)
+  _number(config, "model.width_multiplier", lambda v: v > 0, "a number > 0")
+  width = config.model.width_multiplier
+  if round(64 * width) < 1:
     raise ConfigError(
-        f"config.data_dir must be a path (\"\" for TFDS's default); got {config.get('data_dir')!r}.")
-  train_step_lib.validate_config(config)
+        f"config.model.width_multiplier={width!r} gives no channels (64 * width < 0.5); "
+        "use >= 1/64.")
+  for key in ("model.projection_hidden_dim", "model.projection_dim"):
+    _positive_int(config, key)
+
+
+def _check_optimizer(config: Any) -> None:
+  from hcl_jax import optim
+
+  _one_of(config, "optimizer.name", optim.OPTIMIZERS)
+  _number(config, "optimizer.learning_rate", lambda v: v > 0, "a number > 0")
+  _number(config, "optimizer.weight_decay", lambda v: v >= 0, "a number >= 0")
+  _number(config, "optimizer.warmup_epochs", lambda v: v >= 0, "a number >= 0")
+  warmup = config.optimizer.warmup_epochs
+  if config.optimizer.name == "lars" and warmup > config.num_epochs:
+    raise ConfigError(
+        f"config.optimizer.warmup_epochs ({warmup!r}) must not exceed config.num_epochs "
+        f"({config.num_epochs!r}).")
+
+
+def _check_loss(config: Any) -> None:
+  from hcl_jax import train_step
+
+  _one_of(config, "loss.name", registry.LOSSES)
+  _number(config, "loss.temperature", lambda v: v > 0, "a number > 0")
+  _number(config, "loss.tau_plus", lambda v: 0 <= v < 1, "a number in [0, 1)")
+  _number(config, "loss.beta", lambda v: v >= 0, "a number >= 0")
+  _one_of(config, "loss.beta_anneal", train_step.BETA_ANNEALS)
+  _positive_int(config, "loss.block_size", minimum=0)
+
+
+def check_batch_split(config: Any, num_devices: int) -> None:
+  """ConfigError unless ``config.batch_size`` splits evenly over ``num_devices``."""
   if config.batch_size % num_devices:
     raise ConfigError(
         f"config.batch_size={config.batch_size} must be a multiple of the number of devices "
         f"({num_devices}).")
+
+
+def validate_run_config(config: Any, num_devices: int = 1) -> None:
+  """Every check of a complete config's values that needs no data and no compilation.
+
+  ConfigError naming the key. The model, optimizer and loss modules trust
+  what passed here; :func:`validate` (keys, then this) is what entry points call.
+  """
+  _one_of(config, "dataset", DATASETS)
+  if not isinstance(config.data_dir, str):
+    raise ConfigError(
+        f"config.data_dir must be a path (\"\" for TFDS's default); got {config.data_dir!r}.")
+  _check_model(config)
+  _check_optimizer(config)
+  _check_loss(config)
+  if not isinstance(config.mixed_precision, bool):
+    raise ConfigError(
+        f"config.mixed_precision must be True or False; got {config.mixed_precision!r}.")
+  _positive_int(config, "batch_size", minimum=2)
+  _positive_int(config, "num_epochs")
+  check_batch_split(config, num_devices)
   for key in ("image_size", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
               "eval.knn_k", "eval.linear_epochs", "eval.linear_batch_size"):
     _positive_int(config, key)
   _positive_int(config, "seed", minimum=0)
-  from hcl_jax import models
-  if config.eval.readout not in READOUTS:
+  _one_of(config, "eval.readout", READOUTS)
+  _positive_int(config, "eval.image_size", minimum=0)
+  size = config.model.bn_group_size
+  if not checks.is_int(size) or size < 0 or size == 1 or (size and config.batch_size % size):
     raise ConfigError(
-        f"config.eval.readout must be one of {READOUTS}; got {config.eval.readout!r}.")
-  if "image_size" in config.eval:
-    _positive_int(config, "eval.image_size", minimum=0)
-  models.validate_bn_group_size(config.model, config.batch_size)
+        f"config.model.bn_group_size must be 0 (statistics over the whole per-view batch) or "
+        f"an int >= 2 dividing config.batch_size={config.batch_size}; got {size!r}.")
   _check_augment_blur(config.augment)
   from hcl_jax import divergence
-  if config.get("on_nonfinite", "stop") not in divergence.MODES:
-    raise ConfigError(f"config.on_nonfinite must be one of {divergence.MODES}; got "
-                      f"{config.get('on_nonfinite')!r}.")
+  _one_of(config, "on_nonfinite", divergence.MODES)
 
 
 def _check_augment_blur(augment: Any) -> None:
-  size = augment.get("blur_kernel_size", 1)
-  if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+  size = augment.blur_kernel_size
+  if not checks.is_int(size) or size < 1 or size % 2 == 0:
     raise ConfigError(f"config.augment.blur_kernel_size must be an odd int >= 1 (1: no blur); "
                       f"got {size!r}.")
-  prob = augment.get("blur_prob", 0.5)
-  if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+  prob = augment.blur_prob
+  if not checks.is_number(prob) or not 0 <= prob <= 1:
     raise ConfigError(f"config.augment.blur_prob must be in [0, 1]; got {prob!r}.")
-  sigma = tuple(augment.get("blur_sigma", (0.1, 2.0)))
+  sigma = tuple(augment.blur_sigma)
   if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
     raise ConfigError(f"config.augment.blur_sigma must be (low, high) with 0 < low <= high; "
                       f"got {sigma!r}.")
 
 
+# Keys an older run's config.json may hold that nothing reads any more:
+# dropped by validate, not refused, so that old workdirs still evaluate.
+RETIRED_KEYS = ("data.prefetch",)
+
+
+def _with_schema_values(config: dict, schema: dict) -> dict:
+  """``schema`` with ``config``'s values in place of its own, group by group."""
+  merged = dict(schema)
+  for key, value in config.items():
+    merged[key] = (_with_schema_values(value, schema[key]) if isinstance(schema[key], dict)
+                   else value)
+  return merged
+
+
 def validate(config: Any, num_devices: int = 1) -> Any:
-  """Unknown keys, then every value (:func:`validate_run_config`); returns config."""
-  check_keys(config)
+  """The run config's one check, at the entry point; returns the complete config.
+
+  Unknown keys first (:func:`check_keys`; :data:`RETIRED_KEYS` are dropped);
+  then the keys ``config`` lacks (an older run's config.json) take the
+  schema's values, once, here, so that the library reads every key directly;
+  then every value (:func:`validate_run_config`). Returns a new ConfigDict;
+  ``config`` is not changed. ConfigError (one line, naming the key).
+  """
+  import ml_collections
+
+  values = config.to_dict()
+  for key in RETIRED_KEYS:
+    group, leaf = key.split(".")
+    if hasattr(values.get(group), "pop"):
+      values[group].pop(leaf, None)
+  schema = _schema()
+  check_keys(values, schema)
+  config = ml_collections.ConfigDict(_with_schema_values(values, schema.to_dict()))
   try:
     validate_run_config(config, num_devices)
   except ConfigError:

@@ -77,7 +77,7 @@ def load_config(workdir: str, readout: str | None = None) -> Any:
   if readout:
     config.eval.readout = readout
   try:
-    config_check.validate(config)  # the saved config, before anything compiles
+    config = config_check.validate(config)  # the saved config, before anything compiles
   except ValueError as e:
     raise RunError(f"{config_path}: {e}") from None
   return config
@@ -94,6 +94,7 @@ def _evaluate(workdir: str, config: Any) -> dict[str, Any]:
 
   from hcl_jax import evaluate
   from hcl_jax import models
+  from hcl_jax import optim
   from hcl_jax import train_step as train_step_lib
   from hcl_jax.checkpointing import Checkpointer
   from hcl_jax.mesh import make_mesh
@@ -102,8 +103,8 @@ def _evaluate(workdir: str, config: Any) -> dict[str, Any]:
   mesh = make_mesh()
   model = models.create_model(config)
   image_shape = (config.image_size, config.image_size, 3)
-  template = train_step_lib.create_train_state(config, model, jax.random.key(config.seed), mesh,
-                                               image_shape)
+  template = train_step_lib.create_train_state(model, optim.make_optimizer(config, 1),
+                                               jax.random.key(config.seed), mesh, image_shape)
   # Orbax's set-up is the first cross-process collective: start it together.
   distributed.wait_for_all_processes("before_checkpointer")
   with Checkpointer(root / "checkpoints", keep=config.keep_checkpoints,

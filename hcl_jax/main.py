@@ -27,12 +27,10 @@ drops those updates (``hcl_jax.divergence``).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 # Before anything touches a JAX backend: its flags must exist when absl parses.
@@ -45,40 +43,44 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "Resume even though the config's identity (model, loss, batch size, seed, ...) differs "
     "from the checkpoints' (more epochs never need this).")
 
-# The run-level checks live with the other config checks (hcl_jax.config_check).
-from hcl_jax.config_check import validate_run_config  # noqa: E402
+from hcl_jax import config_check  # noqa: E402  (light: no JAX)
 
 
 def train_and_evaluate(config: Any, workdir: str, *,
                        allow_config_change: bool = False) -> dict[str, Any]:
-  """Runs (or resumes) the whole experiment; returns what results.json holds.
+  """Checks ``config`` (``config_check.validate``), then runs (or resumes) the
+  whole experiment; returns what results.json holds.
 
   Holds ``workdir``'s lock throughout (process 0); see ``hcl_jax.run_guard``.
   """
-  from hcl_jax import run_guard
+  return _run(config_check.validate(config), workdir, allow_config_change=allow_config_change)
 
-  mesh = _start_backend(config)
+
+def _run(config: Any, workdir: str, *, allow_config_change: bool) -> dict[str, Any]:
+  """:func:`train_and_evaluate` of a config ``config_check.validate`` returned."""
   import jax
+
+  from hcl_jax import run_guard
+  from hcl_jax.mesh import make_mesh
+
+  mesh = make_mesh()
+  # The one check that needs the devices (validate ran before the backend started).
+  config_check.check_batch_split(config, mesh.size)
   with run_guard.hold_workdir(workdir, is_main=jax.process_index() == 0) as lock:
     return _train_and_evaluate(config, workdir, mesh, lock,
                                allow_config_change=allow_config_change)
 
 
-def _start_backend(config: Any):
-  from hcl_jax.mesh import make_mesh
-  mesh = make_mesh()
-  validate_run_config(config, mesh.size)
-  return mesh
-
-
 def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
                         allow_config_change: bool) -> dict[str, Any]:
   import jax
+  import jax.numpy as jnp
 
   from hcl_jax import data as data_lib
   from hcl_jax import evaluate
   from hcl_jax import models
   from hcl_jax import divergence
+  from hcl_jax import optim
   from hcl_jax import run_guard
   from hcl_jax import train_step as train_step_lib
   from hcl_jax import workdir_fs
@@ -89,11 +91,16 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   is_main = jax.process_index() == 0
   if lock is not None and lock.stale_message():
     print(lock.stale_message(), flush=True)
+  # The model and the optimizer, once per run; the state carries the optimizer.
   model = models.create_model(config)
-  image_shape = (config.image_size, config.image_size, 3)
+  steps_per_epoch = data_lib.pretrain_steps_per_epoch(config)
   init_rng = jax.random.key(config.seed)
-  # The schedule inside the optimizer state does not depend on steps_per_epoch.
-  state = train_step_lib.create_train_state(config, model, init_rng, mesh, image_shape)
+  state = train_step_lib.create_train_state(
+      model, optim.make_optimizer(config, steps_per_epoch), init_rng, mesh,
+      (config.image_size, config.image_size, 3))
+  # The random-init encoder is evaluated at the end: a copy, since the train
+  # step donates the state's buffers.
+  initial_state = jax.tree.map(jnp.copy, state.replace(opt_state=()))
 
   # Orbax's set-up is the first cross-process collective: start it together.
   distributed.wait_for_all_processes("before_checkpointer")
@@ -111,16 +118,16 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   if start_step:
     print(f"Resuming from checkpoint {start_step} in {workdir}.", flush=True)
   attempts = run_guard.Attempts(workdir, enabled=is_main)
-  monitor = divergence.DivergenceMonitor(config.get("on_nonfinite", "stop"), start_step)
+  monitor = divergence.DivergenceMonitor(config.on_nonfinite, start_step)
 
   data = data_lib.make_pretrain_dataset(config, start_step=start_step)
-  total_steps = config.num_epochs * data.steps_per_epoch
-  train_step = train_step_lib.make_train_step(config, mesh, data.steps_per_epoch, model)
+  total_steps = config.num_epochs * steps_per_epoch
+  train_step = train_step_lib.make_train_step(config, mesh, steps_per_epoch, model)
   logger = MetricLogger(workdir, total_steps=total_steps, config=config, start_step=start_step,
                         batch_size=config.batch_size, is_main_process=is_main)
   if start_step == 0:
     logger.write(f"Training {config.model.name} with {config.loss.name} on {config.dataset}: "
-                 f"{config.num_epochs} epochs x {data.steps_per_epoch} steps of "
+                 f"{config.num_epochs} epochs x {steps_per_epoch} steps of "
                  f"{config.batch_size} images on {mesh.size} device(s).")
 
   step, stopped = start_step, False
@@ -133,7 +140,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
         if step % config.log_every_steps == 0 or step == total_steps:
           monitor.check()  # raises in "stop" mode; no checkpoint after a bad step
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          metrics["epoch"] = (step - 1) // data.steps_per_epoch + 1
+          metrics["epoch"] = (step - 1) // steps_per_epoch + 1
           if monitor.skipped:
             metrics["skipped_updates"] = monitor.skipped
           logger.log(step, metrics)
@@ -176,9 +183,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   run_guard.set_phase("evaluation")
   logger.write("Pre-training done; evaluating the encoder (linear readout and kNN).")
   trained = evaluate.evaluate_encoder(config, model, state, mesh)
-  initial = evaluate.evaluate_encoder(
-      config, model, train_step_lib.create_train_state(config, model, init_rng, mesh, image_shape),
-      mesh)
+  initial = evaluate.evaluate_encoder(config, model, initial_state, mesh)
   results = {
       **trained,
       "random_init": initial,
@@ -223,12 +228,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
-  from hcl_jax import config_check
   from hcl_jax import entry_point
 
   def train(config: Any) -> int:
-    results = train_and_evaluate(config, _WORKDIR.value,
-                                 allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    results = _run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     return 130 if results.get("signal") == "SIGINT" else 0
 
   # The config is checked before any backend or dataset starts.
@@ -236,5 +239,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from hcl_jax import config_check
   app.run(main, flags_parser=config_check.parse_flags)

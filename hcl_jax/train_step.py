@@ -27,13 +27,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from hcl_jax import config_check
 from hcl_jax import divergence
 from hcl_jax import losses
 from hcl_jax import mesh as mesh_lib
 from hcl_jax import models
 from hcl_jax import optim
 
-LOSSES = ("nt_xent", "dcl", "hcl")
+# config.loss.beta_anneal (checked by hcl_jax.config_check).
 BETA_ANNEALS = ("none", "down")
 # The published code's annealing: beta walks through linspace(beta, 0, 9).
 NUM_BETA_STEPS = 9
@@ -46,53 +47,28 @@ Metrics = dict[str, jax.Array]
 class TrainState:
   """Everything a training step reads and writes (replicated on the mesh).
 
+  As flax's ``flax.training.train_state.TrainState``: the optimizer rides
+  along as a static field (``tx``, not a pytree node), so the checkpointed
+  pytree is exactly ``step, params, batch_stats, opt_state``.
+
   Attributes:
     step: int32 scalar, optimizer steps taken so far.
     params: float32 parameters of the model.
     batch_stats: BatchNorm running averages.
-    opt_state: the optax state of ``make_optimizer(config, ...)``.
+    opt_state: the optax state of ``tx``.
+    tx: the run's :class:`hcl_jax.optim.Optimizer` (``optim.make_optimizer``).
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  tx: optim.Optimizer = flax.struct.field(pytree_node=False)
 
-
-def _is_number(value: Any) -> bool:
-  return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
-def validate_loss_config(config: Any) -> None:
-  """Raises ValueError naming the bad ``config.loss`` key."""
-  loss = config.loss
-  if loss.name not in LOSSES:
-    raise ValueError(f"config.loss.name must be one of {LOSSES}; got {loss.name!r}.")
-  if not _is_number(loss.temperature) or not loss.temperature > 0:
-    raise ValueError(f"config.loss.temperature must be a number > 0; got {loss.temperature!r}.")
-  if not _is_number(loss.tau_plus) or not 0 <= loss.tau_plus < 1:
-    raise ValueError(f"config.loss.tau_plus must be a number in [0, 1); got {loss.tau_plus!r}.")
-  if not _is_number(loss.beta) or not loss.beta >= 0:
-    raise ValueError(f"config.loss.beta must be a number >= 0; got {loss.beta!r}.")
-  anneal = loss.get("beta_anneal", "none")
-  if anneal not in BETA_ANNEALS:
-    raise ValueError(f"config.loss.beta_anneal must be one of {BETA_ANNEALS}; got {anneal!r}.")
-  block_size = loss.get("block_size", 0)
-  if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0:
-    raise ValueError(f"config.loss.block_size must be an int >= 0; got {block_size!r}.")
-
-
-def validate_config(config: Any) -> None:
-  """Checks the model, optimizer and loss config; ValueError naming the key."""
-  models.validate_model_config(config.model)
-  optim.validate_optimizer_config(config)
-  validate_loss_config(config)
-  if not isinstance(config.get("mixed_precision", False), bool):
-    raise ValueError(
-        f"config.mixed_precision must be True or False; got {config.mixed_precision!r}.")
-  if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 2:
-    raise ValueError(f"config.batch_size must be an int >= 2; got {config.batch_size!r}.")
-  if isinstance(config.num_epochs, bool) or not isinstance(config.num_epochs, int) or config.num_epochs < 1:
-    raise ValueError(f"config.num_epochs must be an int >= 1; got {config.num_epochs!r}.")
+  def apply_gradients(self, grads: Any, *, batch_stats: Any) -> TrainState:
+    """The state after one optimizer step on ``grads`` (and the step's new BN statistics)."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
 
 
 def beta_at_step(config: Any, step: jax.Array | int, steps_per_epoch: int) -> jax.Array:
@@ -108,7 +84,7 @@ def beta_at_step(config: Any, step: jax.Array | int, steps_per_epoch: int) -> ja
   last value, where the published code would divide by zero / run out.)
   """
   beta = float(config.loss.beta)
-  if config.loss.get("beta_anneal", "none") == "none":
+  if config.loss.beta_anneal == "none":
     return jnp.full((), beta, jnp.float32)
   betas = jnp.asarray(np.linspace(beta, 0.0, NUM_BETA_STEPS), jnp.float32)
   period = max(int(config.num_epochs / NUM_BETA_STEPS), 1)
@@ -141,9 +117,8 @@ def stack_views(batch: Batch) -> jax.Array:
 
 def build_train_step(config: Any, model: nn.Module, steps_per_epoch: int
                      ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """The pure (unjitted) step ``(state, batch) -> (state, metrics)``."""
-  tx, lr_schedule = optim.make_optimizer(config, steps_per_epoch)
-  block_size = config.loss.get("block_size", 0)
+  """The pure (unjitted) step ``(state, batch) -> (state, metrics)``; the optimizer is ``state.tx``."""
+  block_size = config.loss.block_size
   loss_kwargs = {"block_size": block_size} if block_size else {}
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -156,7 +131,8 @@ def build_train_step(config: Any, model: nn.Module, steps_per_epoch: int
           {"params": params, "batch_stats": state.batch_stats}, images, train=True,
           num_views=2, bn_groups=models.bn_groups_for(config.model, num_images),
           mutable=["batch_stats"])
-      z = projections.reshape(num_images, 2, -1)   # float32, unit rows
+      # float32, not normalised: the loss normalises its inputs.
+      z = projections.reshape(num_images, 2, -1)
       loss, metrics = losses.hcl_loss_and_metrics(
           z[:, 0], z[:, 1], temperature=temperature, tau_plus=tau_plus, beta=beta,
           **loss_kwargs)
@@ -164,23 +140,22 @@ def build_train_step(config: Any, model: nn.Module, steps_per_epoch: int
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updated = state.apply_gradients(grads, batch_stats=batch_stats)
     # A non-finite loss, gradient norm or new parameter keeps the state as it
     # was (the step count still moves with the data), so no non-finite value
     # ever reaches a checkpoint; the loop reads `nonfinite` to stop or skip.
     grad_norm = optax.global_norm(grads)
     params_finite = jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(updated.params)]))
     nonfinite = (divergence.NONFINITE_LOSS * ~jnp.isfinite(loss)
                  + divergence.NONFINITE_GRAD_NORM * ~jnp.isfinite(grad_norm)
                  + divergence.NONFINITE_PARAMS * ~params_finite)
     keep = lambda new, old: jnp.where(nonfinite == 0, new, old)
-    new_state = state.replace(
-        step=state.step + 1, params=jax.tree.map(keep, params, state.params),
-        batch_stats=jax.tree.map(keep, batch_stats, state.batch_stats),
-        opt_state=jax.tree.map(keep, opt_state, state.opt_state))
-    metrics = dict(metrics, loss=loss, beta=beta, lr=lr_schedule(state.step),
+    new_state = updated.replace(
+        params=jax.tree.map(keep, updated.params, state.params),
+        batch_stats=jax.tree.map(keep, updated.batch_stats, state.batch_stats),
+        opt_state=jax.tree.map(keep, updated.opt_state, state.opt_state))
+    metrics = dict(metrics, loss=loss, beta=beta, lr=state.tx.schedule(state.step),
                    grad_norm=grad_norm, nonfinite=nonfinite)
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
@@ -203,22 +178,22 @@ def default_compiler_options(mesh: Mesh) -> dict[str, Any]:
   return {}
 
 
-def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int,
-                    model: nn.Module | None = None,
+def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int, model: nn.Module, *,
                     compiler_options: Mapping[str, Any] | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The jitted step over ``mesh``: batch sharded on the data axis, state
   replicated and donated (don't reuse the state passed in).
 
   Args:
-    config: the full config; validated here, before anything compiles.
+    config: the full config, validated by ``config_check.validate`` (the
+      entry point's one check; nothing here checks it again).
     mesh: from :func:`hcl_jax.mesh.make_mesh`, or a default (Explicit-axis)
       ``jax.make_mesh((n,), ("data",))``: the step then runs with the axis
       Auto inside (``jax.sharding.auto_axes``), since the model's reshapes of
       the sharded batch are written for GSPMD. ``config.batch_size`` must be a
-      multiple of its size.
-    steps_per_epoch: for the lr schedule and the beta annealing.
-    model: default ``create_model(config)``; tests pass tiny nets.
+      multiple of its size (checked: the mesh is an argument of its own).
+    steps_per_epoch: for the beta annealing (the lr schedule is ``state.tx``'s).
+    model: the run's model (``models.create_model(config)``); tests pass tiny nets.
     compiler_options: XLA options for this computation; default
       :func:`default_compiler_options`.
 
@@ -228,12 +203,7 @@ def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int,
     grad_norm, and nonfinite (0 for a good step, else the ``divergence.NONFINITE_*``
     bits of what went non-finite: the state was then left unchanged).
   """
-  validate_config(config)
-  if config.batch_size % mesh.size:
-    raise ValueError(
-        f"config.batch_size ({config.batch_size}) must be a multiple of the number of "
-        f"devices in the mesh ({mesh.size}).")
-  model = models.create_model(config) if model is None else model
+  config_check.check_batch_split(config, mesh.size)
   step = build_train_step(config, model, steps_per_epoch)
   replicated = mesh_lib.replicated(mesh)
   if compiler_options is None:
@@ -247,26 +217,26 @@ def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int,
                  compiler_options=dict(compiler_options) or None)
 
 
-def create_train_state(config: Any, model: nn.Module, rng: jax.Array, mesh: Mesh,
-                       image_shape: tuple[int, int, int], steps_per_epoch: int = 1
-                       ) -> TrainState:
-  """Initialised state, replicated on ``mesh``.
+def create_train_state(model: nn.Module, tx: optim.Optimizer, rng: jax.Array, mesh: Mesh,
+                       image_shape: tuple[int, int, int]) -> TrainState:
+  """Initialised state carrying ``tx``, replicated on ``mesh``.
 
   Args:
+    model: the run's model (``models.create_model(config)``).
+    tx: the run's optimizer (``optim.make_optimizer(config, steps_per_epoch)``);
+      only its schedule depends on steps_per_epoch, not the state's arrays.
+    rng: the initialisation key.
+    mesh: the device mesh.
     image_shape: (H, W, C) of one image.
-    steps_per_epoch: only the schedule depends on it, not the state's
-      structure; any value gives a state usable with any schedule.
   """
-  validate_config(config)
   if len(image_shape) != 3:
     raise ValueError(f"image_shape must be (H, W, C); got {image_shape!r}.")
-  tx, _ = optim.make_optimizer(config, steps_per_epoch)
 
   def init(rng):
     variables = model.init(rng, jnp.zeros((2, *image_shape), jnp.float32), train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params), tx=tx)
 
   return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)

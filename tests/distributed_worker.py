@@ -58,11 +58,12 @@ def train_steps(mesh, rows: slice) -> dict:
   Returns the losses and the final parameters' leaves (host numpy), which
   every process can read since the state is replicated.
   """
-  from hcl_jax import models, train_step as train_step_lib
+  from hcl_jax import models, optim, train_step as train_step_lib
 
   config = tiny_config()
   model = models.create_model(config)
-  state = train_step_lib.create_train_state(config, model, jax.random.key(0), mesh, (8, 8, 3))
+  state = train_step_lib.create_train_state(model, optim.make_optimizer(config, 10),
+                                            jax.random.key(0), mesh, (8, 8, 3))
   step = train_step_lib.make_train_step(config, mesh, steps_per_epoch=10, model=model)
   sharding = mesh_lib.batch_sharding(mesh)
   batch = {k: jax.make_array_from_process_local_data(sharding, v[rows], v.shape)

@@ -126,3 +126,19 @@ def test_config_args_found_from_any_cwd(tmp_path, monkeypatch):
   config = config_check.load_and_validate("configs/paper.py:dataset=cifar100,method=dcl")
   assert (config.dataset, config.loss.name) == ("cifar100", "dcl")
   assert config_check.load("configs/graph.py:dataset=PROTEINS").dataset == "PROTEINS"
+
+
+def test_an_older_config_json_is_completed_from_the_schema():
+  import ml_collections
+
+  schema = config_check.load_and_validate("configs/digits.py")
+  older = json.loads(json.dumps(schema.to_dict()))   # as config.json holds it
+  del older["on_nonfinite"], older["data"]["mean"], older["eval"]["image_size"]
+  older["data"]["prefetch"] = 2                     # retired: dropped, not refused
+  older["loss"]["beta"] = 2.0
+  given = ml_collections.ConfigDict(older)
+  config = config_check.validate(given)
+  assert config.on_nonfinite == schema.on_nonfinite and config.eval.image_size == 0
+  assert tuple(config.data.mean) == tuple(schema.data.mean) and "prefetch" not in config.data
+  assert config.loss.beta == 2.0
+  assert "on_nonfinite" not in given and "prefetch" in given.data   # not changed

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs.digits import get_config
+from hcl_jax import config_check
 from hcl_jax import models
 
 
@@ -77,8 +78,8 @@ def test_bn_groups_for_and_validation():
   assert config.model.bn_group_size == 0 and models.bn_groups_for(config.model, 256) == 1
   config.model.bn_group_size = 128
   assert models.bn_groups_for(config.model, 256) == 2
-  models.validate_bn_group_size(config.model, 256)
+  config_check.validate(config)
   for bad in (1, -2, 100):
     config.model.bn_group_size = bad
     with pytest.raises(ValueError, match="bn_group_size"):
-      models.validate_bn_group_size(config.model, 256)
+      config_check.validate(config)

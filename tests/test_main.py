@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from hcl_jax import main as main_lib  # noqa: E402
 from hcl_jax import models  # noqa: E402
+from hcl_jax import optim  # noqa: E402
 from hcl_jax import train_step as train_step_lib  # noqa: E402
 from hcl_jax.checkpointing import Checkpointer  # noqa: E402
 from hcl_jax.mesh import make_mesh  # noqa: E402
@@ -148,8 +149,8 @@ def _metrics(workdir):
 def _final_state(workdir, config):
   """The newest checkpoint's (step, state), restored onto a fresh template."""
   template = train_step_lib.create_train_state(
-      config, models.create_model(config), jax.random.key(config.seed), make_mesh(),
-      (config.image_size, config.image_size, 3))
+      models.create_model(config), optim.make_optimizer(config, 1), jax.random.key(config.seed),
+      make_mesh(), (config.image_size, config.image_size, 3))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                       save_every_steps=1)
   try:

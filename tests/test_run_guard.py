@@ -22,6 +22,7 @@ from configs.digits import get_config
 from hcl_jax import divergence
 from hcl_jax import mesh as mesh_lib
 from hcl_jax import models
+from hcl_jax import optim
 from hcl_jax import run_guard
 from hcl_jax import train_step as ts
 
@@ -182,7 +183,8 @@ def _tiny_step(learning_rate):
       encoder=models.ResNet(stage_sizes=(1,), block_cls=models.BasicBlock, base_width=4),
       head=models.ProjectionHead(hidden_dim=16, out_dim=8))
   mesh = mesh_lib.make_mesh(jax.devices()[:1])
-  state = ts.create_train_state(config, model, jax.random.key(0), mesh, (8, 8, 3))
+  state = ts.create_train_state(model, optim.make_optimizer(config, 1), jax.random.key(0), mesh,
+                                (8, 8, 3))
   return ts.make_train_step(config, mesh, 1, model), jax.device_get(state), mesh
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from configs.digits import get_config
+from hcl_jax import config_check
 from hcl_jax import mesh as mesh_lib
 from hcl_jax import models
 from hcl_jax import optim
@@ -55,7 +56,8 @@ BF16_UPDATE_RTOL = 0.5
 def _init_host_state(config, model):
   """create_train_state once (its jit compile is the slow part), kept on the host."""
   mesh = mesh_lib.make_mesh(jax.devices()[:8])
-  state = ts.create_train_state(config, model, jax.random.key(0), mesh, (SIZE, SIZE, 3))
+  state = ts.create_train_state(model, optim.make_optimizer(config, 1), jax.random.key(0), mesh,
+                                (SIZE, SIZE, 3))
   assert state.params["encoder"]["stem_conv"]["kernel"].sharding.is_fully_replicated
   return jax.device_get(state)
 
@@ -63,7 +65,9 @@ def _init_host_state(config, model):
 def _run(config, num_devices, host_state, model, steps=STEPS, count_traces=False):
   """``steps`` steps on one fixed batch; returns (final state, metrics per step, step fn)."""
   mesh = mesh_lib.make_mesh(jax.devices()[:num_devices])
-  state = jax.device_put(host_state, mesh_lib.replicated(mesh))
+  # The step's optimizer is the state's: this config's, as a run builds it.
+  state = jax.device_put(host_state.replace(tx=optim.make_optimizer(config, 2)),
+                         mesh_lib.replicated(mesh))
   build = ts.build_train_step
   with mock.patch.object(ts, "build_train_step", lambda *a: chex.assert_max_traces(
       build(*a), n=1) if count_traces else build(*a)):
@@ -159,21 +163,22 @@ def test_bf16_stays_finite(runs):
     ("loss", "beta_anneal", "up"),
 ])
 def test_bad_config_rejected_before_compiling(section, key, value, monkeypatch):
+  # The one check of a run config (config_check.validate, at the entry
+  # point); make_train_step trusts what passed it.
   config = _config()
   config[section][key] = value
   def no_jit(*args, **kwargs):
     raise AssertionError("compiled before validating the config")
   monkeypatch.setattr(jax, "jit", no_jit)
-  mesh = mesh_lib.make_mesh(jax.devices()[:1])
   with pytest.raises(ValueError, match=f"config.{section}.{key}"):
-    ts.make_train_step(config, mesh, 4)
+    config_check.validate(config)
 
 
 def test_batch_not_divisible_by_devices_rejected():
   config = _config()
   config.batch_size = 12
   with pytest.raises(ValueError, match="multiple of the number of devices"):
-    ts.make_train_step(config, mesh_lib.make_mesh(jax.devices()[:8]), 4)
+    ts.make_train_step(config, mesh_lib.make_mesh(jax.devices()[:8]), 4, _tiny_model())
 
 
 def _published_beta_per_epoch(beta, epochs):
@@ -209,7 +214,8 @@ def test_beta_annealing_schedule():
 def test_adam_is_l2_regularised_adam_not_adamw():
   config = _config()
   config.optimizer.weight_decay = 0.5
-  tx, schedule = optim.make_optimizer(config, 10)
+  tx = optim.make_optimizer(config, 10)
+  schedule = tx.schedule
   p, g = jnp.array([2.0, -1.0]), jnp.array([0.1, 0.3])
   updates, _ = tx.update(g, tx.init(p), p)
   g_l2 = np.array([0.1 + 1.0, 0.3 - 0.5])       # gradient + wd * param
@@ -223,7 +229,8 @@ def test_lars_warmup_cosine_schedule_and_masks():
   config.optimizer.name, config.optimizer.learning_rate = "lars", 0.6
   config.optimizer.warmup_epochs = 2
   config.num_epochs = 10
-  tx, schedule = optim.make_optimizer(config, steps_per_epoch=5)   # warmup 10, total 50
+  tx = optim.make_optimizer(config, steps_per_epoch=5)   # warmup 10, total 50
+  schedule = tx.schedule
   assert float(schedule(0)) == pytest.approx(0.0)
   assert float(schedule(5)) == pytest.approx(0.3)
   assert float(schedule(10)) == pytest.approx(0.6)

@@ -41,6 +41,9 @@ label -1 to fill the last batch; all hosts yield the same number of batches.
 
 Normalisation: config.data.mean / config.data.std, by default CIFAR-10's
 statistics for every dataset, as in the published code (docs/reference.md).
+
+``config`` is a complete config (``hcl_jax.config_check.validate`` fills an
+older config's missing keys from the schema): every key is read directly.
 """
 
 from __future__ import annotations
@@ -54,15 +57,6 @@ from hcl_jax.data import augment as aug
 from hcl_jax.data import sources
 from hcl_jax.data._tf import tf
 
-# Defaults for config.data.* (configs/digits.py sets them; older configs may not).
-_DATA_DEFAULTS = {
-    "shuffle_buffer": 50_000,
-    "num_parallel_calls": -1,
-    "threadpool_size": 0,
-    "prefetch": 2,
-    "mean": aug.CIFAR10_MEAN,
-    "std": aug.CIFAR10_STD,
-}
 # Stream ids folded into config.seed, so shuffles, pre-training views and
 # readout views never share random numbers.
 _SHUFFLE, _PRETRAIN, _EVAL = 1, 2, 3
@@ -86,19 +80,9 @@ class PretrainData:
   local_batch_size: int
 
 
-def data_option(config, name: str):
-  """config.data.<name>, or its default when the config has no such key."""
-  data = config.get("data", None) if hasattr(config, "get") else None
-  if data is not None and name in data:
-    return data[name]
-  return _DATA_DEFAULTS[name]
-
-
 def eval_image_size(config) -> int:
   """Side of unaugmented evaluation images: config.eval.image_size, 0 -> image_size."""
-  ev = config.get("eval", None) if hasattr(config, "get") else None
-  size = int(ev.get("image_size", 0)) if ev is not None else 0
-  return size or int(config.image_size)
+  return int(config.eval.image_size) or int(config.image_size)
 
 
 def _processes(process_index, process_count) -> tuple[int, int]:
@@ -120,7 +104,7 @@ def _local_batch(batch_size: int, process_count: int) -> int:
 def _options(config) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  threads = int(data_option(config, "threadpool_size"))
+  threads = int(config.data.threadpool_size)
   if threads > 0:
     options.threading.private_threadpool_size = threads
   # Parallelism comes from parallel map calls; one thread per op avoids
@@ -130,7 +114,7 @@ def _options(config) -> tf.data.Options:
 
 
 def _parallel_calls(config) -> int:
-  calls = int(data_option(config, "num_parallel_calls"))
+  calls = int(config.data.num_parallel_calls)
   if calls == -1:
     return tf.data.AUTOTUNE
   if calls < 1:
@@ -150,6 +134,27 @@ def _shuffle_seed(*parts) -> tf.Tensor:
   """An int64 scalar op seed for Dataset.shuffle, from the same parts as _key."""
   key = tf.cast(_key(*parts), tf.int64)
   return key[0] * 2_147_483_648 + key[1]
+
+
+def _steps_per_epoch(config, num_examples: int, spec: sources.DatasetSpec) -> int:
+  steps = num_examples // config.batch_size
+  if steps < 1:
+    raise ValueError(
+        f"batch_size={config.batch_size!r}: larger than the {num_examples} "
+        f"examples of {config.dataset!r}/{spec.pretrain_split}.")
+  return steps
+
+
+def pretrain_steps_per_epoch(config) -> int:
+  """Pre-training batches per epoch: the split's examples // config.batch_size.
+
+  What ``make_pretrain_dataset(config).steps_per_epoch`` is, without building
+  the pipeline: the optimizer's schedule needs it before the run knows the
+  step it resumes from.
+  """
+  spec = sources.get_spec(config.dataset)
+  num_examples = sources.num_examples(sources.load_builder(config), spec.pretrain_split)
+  return _steps_per_epoch(config, num_examples, spec)
 
 
 def make_pretrain_dataset(config, *, start_step: int = 0, process_index: int | None = None,
@@ -173,14 +178,10 @@ def make_pretrain_dataset(config, *, start_step: int = 0, process_index: int | N
   local_batch = _local_batch(config.batch_size, count)
   global_batch = local_batch * count
   num_examples = sources.num_examples(builder, spec.pretrain_split)
-  steps_per_epoch = num_examples // global_batch
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f"batch_size={config.batch_size!r}: larger than the {num_examples} "
-        f"examples of {config.dataset!r}/{spec.pretrain_split}.")
+  steps_per_epoch = _steps_per_epoch(config, num_examples, spec)
   size = int(config.image_size)
-  mean, std = tuple(data_option(config, "mean")), tuple(data_option(config, "std"))
-  buffer = max(1, min(int(data_option(config, "shuffle_buffer")), num_examples))
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  buffer = max(1, min(int(config.data.shuffle_buffer), num_examples))
   seed = int(config.seed)
   examples = sources.read(builder, spec.pretrain_split)
 
@@ -248,13 +249,13 @@ def make_eval_dataset(config, *, split: str, augment: bool, batch_size: int | No
   padding = num_batches * local_batch - per_host[index]
   train_size = int(config.image_size)
   size = train_size if augment else eval_image_size(config)
-  mean, std = tuple(data_option(config, "mean")), tuple(data_option(config, "std"))
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
   seed = int(config.seed)
 
   ds = sources.read(builder, sources.host_split(tfds_split, index, count,
                                                 drop_remainder=False))
   if shuffle:
-    buffer = max(1, min(int(data_option(config, "shuffle_buffer")), per_host[index]))
+    buffer = max(1, min(int(config.data.shuffle_buffer), per_host[index]))
     ds = ds.shuffle(buffer, seed=_shuffle_seed(seed, _EVAL, index, epoch),
                     reshuffle_each_iteration=False)
 

@@ -2,7 +2,9 @@
 
 Architecture of the published HCL code (torchvision ResNets with a CIFAR stem
 and a two-layer projection head): ``features -> Linear(512, no bias) ->
-BatchNorm -> ReLU -> Linear(128)``, features and projections L2-normalised.
+BatchNorm -> ReLU -> Linear(128)``. Features come out L2-normalised (the
+kNN and the readout read them); projections don't: the loss normalises its
+inputs (``hcl_jax.losses``), once.
 
 Two-view batches. The published code runs the two views through the network
 one after the other, so every BatchNorm sees the statistics of one view. Here
@@ -246,7 +248,7 @@ class ProjectionHead(nn.Module):
 
 
 class ContrastiveModel(nn.Module):
-  """Encoder + projection head, both outputs L2-normalised (as published).
+  """Encoder + projection head; features L2-normalised, projections as the head gives them.
 
   ``__call__(x, train)`` returns ``(features [N, F], projections [N, P])``;
   ``encode(x)`` returns only the features (evaluation mode, running BN stats),
@@ -261,12 +263,15 @@ class ContrastiveModel(nn.Module):
 
     ``bn_groups``: ghost-BN chunks per view (``bn_groups_for``).
 
-    Returns float32 ``(features [N, F], projections [N, P])``, rows of unit
-    L2 norm. The head sees the unnormalised features, as in the published code.
+    Returns float32 ``(features [N, F], projections [N, P])``: features of
+    unit L2 norm; projections not normalised, since the loss normalises them
+    (the published code normalises both here and the loss gets unit rows:
+    the same loss, up to rounding). The head sees the unnormalised features,
+    as in the published code.
     """
     h = self.encoder(x, train, num_views, bn_groups)
     z = self.head(h, train, num_views, bn_groups)
-    return l2_normalize(h), l2_normalize(z)
+    return l2_normalize(h), z.astype(jnp.float32)
 
   def encode(self, x: Array) -> Array:
     """x: [N, H, W, 3] -> L2-normalised features [N, F] (eval-mode BN)."""
