@@ -318,7 +318,8 @@ def test_bf16_projections_give_the_float32_loss_of_their_values():
   config.mixed_precision = True
   model = _Bf16Projection()
   host_state = jax.device_get(ts.create_train_state(
-      config, model, jax.random.key(0), mesh_lib.make_mesh(jax.devices()[:1]), (SIZE, SIZE, 3)))
+      model, optim.make_optimizer(config, 1), jax.random.key(0),
+      mesh_lib.make_mesh(jax.devices()[:1]), (SIZE, SIZE, 3)))
   _, history, _ = _run(config, 1, host_state, model, steps=1)
   variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
   z = np.asarray(model.apply(variables, ts.stack_views(_batch(7)), True)[1], np.float64)
