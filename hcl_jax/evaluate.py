@@ -79,7 +79,7 @@ def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> 
                         learning_rate=ev.linear_learning_rate,
                         weight_decay=ev.linear_weight_decay, seed=config.seed, mesh=mesh)
   protocol = {"readout": ev.readout, "eval_image_size": data_lib.eval_image_size(config),
-              "bn_group_size": int(config.model.get("bn_group_size", 0))}
+              "bn_group_size": config.model.bn_group_size}
   if ev.readout == "published":
     out = train_linear_readout_published(
         model, state.params, state.batch_stats,

@@ -1,8 +1,9 @@
 """Augmentations: shapes, ranges, probabilities, effects, eager == tf.data."""
 
-import ml_collections
 import numpy as np
 import pytest
+
+import support  # tests/ is on sys.path under pytest
 
 from hcl_jax.data import augment as aug
 from hcl_jax.data._tf import tf
@@ -19,9 +20,8 @@ def _image(h=12, w=10, seed=0) -> np.ndarray:
 
 
 def _augment_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5, jitter_prob=0.8,
-      brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, grayscale_prob=0.2))
+  """The schema's config.augment (configs/digits.py) with ``overrides``."""
+  config = support.digits_config().augment
   config.update(overrides)
   return config
 

@@ -304,8 +304,8 @@ def train_view(image: tf.Tensor, seed: tf.Tensor, augment_config, *, size: int,
                                 saturation=a.saturation, hue=a.hue),
       x, fold_in(seed, _JITTER), a.jitter_prob)
   x = random_grayscale(x, fold_in(seed, _GRAY), prob=a.grayscale_prob)
-  x = random_blur(x, fold_in(seed, _BLUR), kernel_size=int(a.get("blur_kernel_size", 1)),
-                  sigma=a.get("blur_sigma", (0.1, 2.0)), prob=a.get("blur_prob", 0.5))
+  x = random_blur(x, fold_in(seed, _BLUR), kernel_size=a.blur_kernel_size,
+                  sigma=a.blur_sigma, prob=a.blur_prob)
   return normalize(x, mean, std)
 
 
