@@ -153,6 +153,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
           # resume.
           ckpt.maybe_save(step, state, {"data_step": step, "rng": rng_to_list(rng),
                                         run_guard.IDENTITY_KEY: identity}, force=force)
+          logger.flush()  # a kill after this checkpoint keeps the metrics up to it
           attempts.touch()
         if stopped:
           break

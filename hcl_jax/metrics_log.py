@@ -13,8 +13,9 @@ In ``workdir`` (a local folder or gs://..., all through ``hcl_jax.workdir_fs``):
   The records ``tf.summary.scalar`` writes (TensorFlow's Event protos in
   TFRecord framing; the ``tensorboard`` package is only needed to view
   them), written by this module through the workdir layer.
-- Growing files are rewritten at most every ``flush_every_s`` seconds and
-  on ``close()`` (object stores have no append).
+- Growing files are rewritten at most every ``flush_every_s`` seconds, on
+  ``flush()`` (the run calls it with every checkpoint) and on ``close()``
+  (object stores have no append).
 
 On the terminal: a tqdm bar with ETA when stderr is a TTY, else one plain
 line per ``log`` call (``step 120/900 (13%) loss 5.12 ... 410 img/s ETA
@@ -204,6 +205,10 @@ class _TensorBoardScalars:
                             summary=summary_pb2.Summary(value=values))
     self._event_file().append(_tfrecord(event.SerializeToString()))
 
+  def flush(self) -> None:
+    if self._file is not None:
+      self._file.flush()
+
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
@@ -350,6 +355,17 @@ class MetricLogger:
     elif self._mode == "lines":
       print(self.progress_line(step, values, now),
             file=self._stream or sys.stdout, flush=True)
+
+  def flush(self) -> None:
+    """Brings metrics.jsonl and the TensorBoard events on disk up to date.
+
+    Called with every checkpoint: a run killed after checkpoint k then has
+    the lines of every step <= k, which its resumption keeps.
+    """
+    if self._jsonl is not None:
+      self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.flush()
 
   def close(self) -> None:
     if self._bar is not None:

@@ -116,6 +116,24 @@ def test_non_main_process_writes_nothing(tmp_path, capsys):
   assert capsys.readouterr().out == ""
 
 
+def test_flush_writes_every_logged_step_before_close(tmp_path):
+  # The run flushes with every checkpoint: a kill -9 after checkpoint k must
+  # find the lines of steps <= k on disk, long before flush_every_s passes.
+  logger = MetricLogger(tmp_path, total_steps=10, progress="none", flush_every_s=1e9)
+  for step in (1, 2, 3):
+    logger.log(step, {"loss": float(step)})
+  jsonl = tmp_path / "metrics.jsonl"
+  assert not jsonl.exists() or jsonl.read_text() == ""   # buffered until now
+  events = glob.glob(str(tmp_path / "events.out.tfevents.*"))
+  sizes = [os.path.getsize(e) for e in events]
+  logger.flush()
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["loss"]) for r in lines] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+  events = glob.glob(str(tmp_path / "events.out.tfevents.*"))
+  assert len(events) == 1 and os.path.getsize(events[0]) > (sizes[0] if sizes else 0)
+  logger.close()
+
+
 def test_tensorboard_scalars(tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with MetricLogger(tmp_path, total_steps=10, progress="none") as logger:
