@@ -232,7 +232,7 @@ def plot_results(table: str, results: Sequence[Mapping[str, Any]], path,
   nz = lambda v: 0.0 if math.isnan(v) else v  # noqa: E731
   ax.bar([x - width / 2 for x in xs], [nz(s.mean) for s in summaries], width,
          yerr=[nz(s.std) for s in summaries], capsize=3, color="tab:blue",
-         label=f"after training")
+         label="after training")
   ax.bar([x + width / 2 for x in xs], [nz(s.epoch0_mean) for s in summaries], width,
          yerr=[nz(s.epoch0_std) for s in summaries], capsize=3, color="tab:gray",
          label="epoch 0 (random init)")
