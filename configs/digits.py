@@ -6,7 +6,7 @@ Command (what `make train` runs):
 Expected time: 4 min on a 2-core AMD EPYC (AVX2, no accelerator) from a fresh
 clone, venv creation included: 150 steps at ~290 img/s (2.5 min), then the
 linear readout and kNN of the trained and of the randomly initialised encoder.
-Reached 91.7% linear top-1 vs 76.4% at random initialisation (seed 0).
+Reached 91.9% linear top-1 vs 76.4% at random initialisation (seed 0; `make train`, 2026-12-01).
 """
 
 import ml_collections
