@@ -428,21 +428,18 @@ class _OsErrorRecords(logging.Filter):
   [os_error_code='28']``) with a traceback from each of its threads (three
   or four, ~200-300 lines), and then raise it; the run reports that
   exception as one line naming the path and the cause
-  (``run_guard.one_line_errors``). Other orbax records pass.
+  (``run_guard.one_line_errors``): a record is dropped when its exception is
+  one that would give (``run_guard.os_failure_line``). Other orbax records pass.
   """
 
   def filter(self, record: logging.LogRecord) -> bool:
+    from hcl_jax import run_guard
+
     if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
     exc = record.exc_info[1] if record.exc_info else None
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-      seen.add(id(exc))
-      if isinstance(exc, OSError) and exc.errno is not None:
-        return False
-      if "os_error_code=" in str(exc):
-        return False
-      exc = exc.__cause__ or exc.__context__
+    if exc is not None and run_guard.os_failure_line(exc) is not None:
+      return False
     message = record.getMessage()
     return "os_error_code=" not in message and "[Errno " not in message
 

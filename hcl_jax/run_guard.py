@@ -424,13 +424,27 @@ def _tensorstore_os_error(e: BaseException) -> str | None:
   return f"{where}: {os.strerror(int(code.group(1)))}"
 
 
-def _os_error_in(e: BaseException) -> OSError | None:
+def _cause_chain(e: BaseException | None):
+  """``e``, then its ``__cause__`` / ``__context__``, each once."""
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
-    if isinstance(e, OSError) and e.strerror:
-      return e
+    yield e
     e = e.__cause__ or e.__context__
+
+
+def os_failure_line(e: BaseException,
+                    fallback_path: str | os.PathLike | None = None) -> str | None:
+  """``PATH: cause`` if ``e`` (or an exception in its cause chain) is an
+  OS-level failure: an OSError, or TensorStore's error with an
+  ``os_error_code`` (a full disk under orbax); else None."""
+  for error in _cause_chain(e):
+    if isinstance(error, OSError) and error.strerror:
+      return os_error_line(error, fallback_path)
+  for error in _cause_chain(e):
+    line = _tensorstore_os_error(error)
+    if line is not None:
+      return line
   return None
 
 
@@ -465,12 +479,9 @@ class one_line_errors:
       self._exit("stopped: interrupted (Ctrl-C).", 130)
     if isinstance(exc, (RunError, divergence.Diverged)):
       self._exit(f"error: {exc}", 1)
-    os_error = _os_error_in(exc)
-    if os_error is not None:
-      self._exit(f"error: {os_error_line(os_error, self.workdir)}", 1)
-    ts_error = _tensorstore_os_error(exc)
-    if ts_error is not None:
-      self._exit(f"error: {ts_error}", 1)
+    os_failure = os_failure_line(exc, self.workdir)
+    if os_failure is not None:
+      self._exit(f"error: {os_failure}", 1)
     if isinstance(exc, ValueError):  # config and data errors
       self._exit(f"error: {exc}", 1)
     return False
