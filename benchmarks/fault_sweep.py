@@ -221,26 +221,25 @@ def main():
              os.path.join(w, "results.json")))
 
   # SIGTERM in start-up and evaluation.
+  def sigterm_when(w, ready, **env):
+    """SIGTERM once ``ready(log text)`` holds (or the run ends), then a rerun: (rc, log, rerun rc)."""
+    p = launch(data_dir, w, w + ".log", **env)
+    while not ready(open(w + ".log").read()) and p.poll() is None:
+      time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=300)
+    log = open(w + ".log").read()
+    rc2, _ = run(data_dir, w, w + ".rerun.log")
+    return rc, log, rc2
+
   w = os.path.join(out, "term_startup")
-  p = launch(data_dir, w, w + ".log")
-  while not os.path.exists(os.path.join(w, "run.lock")) and p.poll() is None:
-    time.sleep(0.05)
-  p.send_signal(signal.SIGTERM)
-  rc = p.wait(timeout=300)
-  log = open(w + ".log").read()
-  rc2, _ = run(data_dir, w, w + ".rerun.log")
+  rc, log, rc2 = sigterm_when(w, lambda _: os.path.exists(os.path.join(w, "run.lock")))
   record("SIGTERM in start-up, rerun", "rc 75 + one line; rerun rc 0",
          f"rc {rc}: {last_line(log)[:80]}...; rerun rc {rc2}", rc == 75 and rc2 == 0)
   w = os.path.join(out, "term_eval")
   shutil.copytree(straight, w)
   os.remove(os.path.join(w, "results.json"))
-  p = launch(data_dir, w, w + ".log", EVAL_SLEEP="300")
-  while "evaluating the encoder" not in open(w + ".log").read() and p.poll() is None:
-    time.sleep(0.1)
-  p.send_signal(signal.SIGTERM)
-  rc = p.wait(timeout=300)
-  log = open(w + ".log").read()
-  rc2, _ = run(data_dir, w, w + ".rerun.log")
+  rc, log, rc2 = sigterm_when(w, lambda text: "evaluating the encoder" in text, EVAL_SLEEP="300")
   record("SIGTERM in evaluation, rerun", "rc 75 + one line; rerun rc 0",
          f"rc {rc}: {last_line(log)[:80]}...; rerun rc {rc2}",
          rc == 75 and rc2 == 0 and os.path.exists(os.path.join(w, "results.json")))

@@ -431,6 +431,14 @@ def _started_trainings(state_path, name):
       s for s in node["ssh"] if "worker_run.sh" in s["command"]]
 
 
+def _finish_once_training_started(state_path, name="w"):
+  """A ClockRunner on_sleep: once a training runs on ``name``, its results.json lands."""
+  def finish():
+    if _started_trainings(state_path, name):
+      fake_gcloud.put_object(state_path, "gs://bkt/hcl/run1/results.json")
+  return finish
+
+
 def test_create_setup_run_preempt_watch_recovers_after_a_stockout(gcloud):
   state = gcloud
   runner = ClockRunner()
@@ -448,11 +456,7 @@ def test_create_setup_run_preempt_watch_recovers_after_a_stockout(gcloud):
   fake_gcloud.preempt(state, "w")
   fake_gcloud.update(state, stockouts=1)     # the first re-create fails
 
-  def finish_once_training_restarted():
-    if _started_trainings(state, "w"):
-      fake_gcloud.put_object(state, "gs://bkt/hcl/run1/results.json")
-
-  runner = ClockRunner(on_sleep=finish_once_training_restarted)
+  runner = ClockRunner(on_sleep=_finish_once_training_started(state))
   code = tpu.main(["watch", *WATCH_ARGS, "--poll-seconds", "300",
                    "--backoff-seconds", "60", "--deadline", "1d",
                    "--delete-when-done"], runner=runner)
@@ -513,12 +517,7 @@ def test_watch_retries_a_failed_run(gcloud):
   assert tpu.main(["create", *WATCH_ARGS[:7]], runner=runner) == 0
   fake_gcloud.preempt(gcloud, "w")
   fake_gcloud.update(gcloud, ssh_failures=2)   # setup's ssh, then again
-
-  def finish():
-    if _started_trainings(gcloud, "w"):
-      fake_gcloud.put_object(gcloud, "gs://bkt/hcl/run1/results.json")
-
-  runner = ClockRunner(on_sleep=finish)
+  runner = ClockRunner(on_sleep=_finish_once_training_started(gcloud))
   assert tpu.main(["watch", *WATCH_ARGS, "--backoff-seconds", "10",
                    "--deadline", "1d"], runner=runner) == 0
   assert runner.sleeps[:2] == [10, 20]
@@ -529,16 +528,11 @@ def test_watch_retries_a_failed_run(gcloud):
 
 def test_watch_queued_resource(gcloud):
   fake_gcloud.update(gcloud, stockouts=2)     # the queue waits, no failure
-
-  def finish():
-    if _started_trainings(gcloud, "w"):
-      fake_gcloud.put_object(gcloud, "gs://bkt/hcl/run1/results.json")
-
-  runner = ClockRunner(on_sleep=finish)
+  runner = ClockRunner(on_sleep=_finish_once_training_started(gcloud))
   assert tpu.main(["watch", *WATCH_ARGS, "--queued", "--delete-when-done",
                    "--deadline", "1d"], runner=runner) == 0
   verbs = calls(gcloud)
-  assert verbs[:3] == ["tpu-vm describe".replace("tpu-vm", "queued-resources"),
+  assert verbs[:3] == ["queued-resources describe",
                        "storage ls", "queued-resources create"]
   assert verbs.count("queued-resources describe") >= 5   # waiting, provisioning
   assert verbs[-1] == "queued-resources delete"

@@ -53,6 +53,7 @@ import math
 
 import jax
 
+from hcl_jax import registry
 from hcl_jax.data import augment as aug
 from hcl_jax.data import sources
 from hcl_jax.data._tf import tf
@@ -136,7 +137,7 @@ def _shuffle_seed(*parts) -> tf.Tensor:
   return key[0] * 2_147_483_648 + key[1]
 
 
-def _steps_per_epoch(config, num_examples: int, spec: sources.DatasetSpec) -> int:
+def _steps_per_epoch(config, num_examples: int, spec: registry.Dataset) -> int:
   steps = num_examples // config.batch_size
   if steps < 1:
     raise ValueError(
