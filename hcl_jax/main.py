@@ -158,9 +158,9 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
         if stopped:
           break
       ckpt.close()  # inside the guard: a signal while the last save lands waits for it
-    # Join tf.data's threads now, while the interpreter is whole, rather than
-    # in its teardown (see run_guard.exit_now).
-    del batches
+    # Stops and joins the prefetch thread now, while the interpreter is whole,
+    # rather than in its teardown (see run_guard.exit_now).
+    batches.close()
   except divergence.Diverged:
     ckpt.close()  # pending saves are of good steps; main prints the one line
     logger.close()
@@ -185,6 +185,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   logger.write("Pre-training done; evaluating the encoder (linear readout and kNN).")
   trained = evaluate.evaluate_encoder(config, model, state, mesh)
   initial = evaluate.evaluate_encoder(config, model, initial_state, mesh)
+  attempts.touch()  # this attempt's end: a rerun of the finished run counts all of it
   results = {
       **trained,
       "random_init": initial,

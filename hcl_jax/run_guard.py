@@ -497,15 +497,17 @@ class one_line_errors:
 def exit_now(code: int) -> None:
   """Ends the process with ``code`` once everything is on disk, skipping teardown.
 
-  Why not a normal exit: with TensorFlow (tf.data, summaries), TensorStore
-  (orbax) and XLA in one process, their C++ thread pools and static
-  destructors race during interpreter teardown; about one complete run in
-  five then died *after* writing everything with ``terminate called after
-  throwing an instance of ...`` / ``Fatal Python error: Aborted`` (rc 134),
-  which a scheduler counts as a failure. Callers close the checkpointer and
-  the logger first; here the streams and log handlers are flushed, a
-  multi-process job leaves the coordination service cleanly (its barrier),
-  and the process ends without running the C++ destructors.
+  Why not a normal exit: Python 3.11 ends any thread that takes the GIL
+  while the interpreter finalises with ``pthread_exit``. A thread inside
+  C++ at that moment (a tf.data or prefetch thread in JAX, a buffer freed on
+  XLA's threads) unwinds through a frame that swallows the forced unwind,
+  and glibc aborts: ``terminate called after throwing an instance of ''``,
+  ``FATAL: exception not rethrown``, rc 134, after everything was written,
+  which a scheduler counts as a failure (2 of 32 tiny complete runs, 3 at a
+  time on 2 cores; tests/test_exit_code.py makes it certain). Callers close
+  the checkpointer and the logger first; here the streams and log handlers
+  are flushed, a multi-process job leaves the coordination service cleanly
+  (its barrier), and the process ends without finalising the interpreter.
   """
   import logging as py_logging
   import sys

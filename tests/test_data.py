@@ -127,14 +127,16 @@ def test_pretrain_per_process(config):
   # Together the processes' batches are the single-process run's global
   # batches, images and augmentations alike (also after a resume).
   whole = make_pretrain_dataset(config)
-  for start in (0, 6):
-    parts = [_take(make_pretrain_dataset(config, start_step=start, process_index=p,
-                                         process_count=2).dataset, 2) for p in (0, 1)]
+  assert whole.steps_per_epoch == a.steps_per_epoch
+  for start, hosts in ((0, (a, b)), (6, None)):
+    hosts = hosts or [make_pretrain_dataset(config, start_step=start, process_index=p,
+                                            process_count=2) for p in (0, 1)]
+    parts = [_take(h.dataset, 2) for h in hosts]
     _assert_batches_equal(
         [{k: np.concatenate([parts[0][i][k], parts[1][i][k]]) for k in parts[0][i]}
          for i in range(2)],
-        _take(make_pretrain_dataset(config, start_step=start).dataset, 2))
-  assert whole.steps_per_epoch == a.steps_per_epoch
+        _take((whole if start == 0 else make_pretrain_dataset(config, start_step=start)).dataset,
+              2))
   with pytest.raises(ValueError, match="batch_size=256"):
     make_pretrain_dataset(config, process_index=0, process_count=3)
   config.batch_size = 4096

@@ -23,6 +23,7 @@ import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -33,6 +34,7 @@ import support  # noqa: E402
 from support import data_dir, fake_eval  # noqa: E402,F401  (fixtures)  (tests/ is on sys.path under pytest)
 import tensorflow_datasets as tfds  # noqa: E402
 
+from hcl_jax import checkpointing  # noqa: E402
 from hcl_jax import main as main_lib  # noqa: E402
 from hcl_jax import models  # noqa: E402
 from hcl_jax import optim  # noqa: E402
@@ -183,12 +185,15 @@ def straight_run(data_dir, tmp_path_factory):
 # ------------------------------------------------------------------ end to end
 
 
-@pytest.mark.xdist_group("subprocess")
+@pytest.mark.xdist_group("main_straight_run")
 def test_end_to_end_on_digits(straight_run):
   workdir, config, returned = straight_run
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   assert results == returned
+  # The batch prefetch thread ended with training: none is left to meet the
+  # interpreter's teardown (test_exit_code.py has why that matters).
+  assert "global_batches" not in [t.name for t in threading.enumerate()]
   for block in (results, results["random_init"]):
     for key in ("linear_top1", "knn_top1"):
       assert 0 <= block[key] <= 100, (key, block)
@@ -220,6 +225,7 @@ def test_end_to_end_on_digits(straight_run):
   assert _steps_on_disk(workdir) == [15, 20, _STEPS]
 
 
+@pytest.mark.xdist_group("main_straight_run")
 def test_end_to_end_accuracies_in_tensorboard(straight_run):
   from test_eval_scalars import read_scalars  # noqa: E402
   workdir, _, results = straight_run
@@ -234,11 +240,12 @@ def test_end_to_end_accuracies_in_tensorboard(straight_run):
 # ------------------------------------------------------------ kill and resume
 
 
-@pytest.mark.xdist_group("subprocess")
-def test_sigkill_and_resume_matches_straight_run(straight_run, data_dir, tmp_path):
+@pytest.mark.xdist_group("main_straight_run")
+def test_sigkill_and_resume_matches_straight_run(straight_run, data_dir, tmp_path, fake_eval,
+                                                 capsys):
   straight_dir, config, _ = straight_run
   workdir = str(tmp_path / "killed")
-  args = _cli_args(data_dir, workdir, checkpoint_every_steps=1)
+  args = _cli_args(data_dir, workdir)  # a checkpoint every 5 steps: killed after step 5
 
   proc = _launch(args, tmp_path / "run1.log")
   try:
@@ -253,15 +260,12 @@ def test_sigkill_and_resume_matches_straight_run(straight_run, data_dir, tmp_pat
   assert killed_at < _STEPS, "the run finished before it was killed; nothing was tested"
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
-  proc = _launch(args, tmp_path / "run2.log")
-  try:
-    rc = proc.wait(timeout=300)
-  finally:
-    proc.kill()
-    proc.log_file.close()
-  log = (tmp_path / "run2.log").read_text()
-  assert rc == 0, log[-3000:]
-  assert f"Resuming from checkpoint {killed_at} " in log
+  # The rerun in this process: what is tested is what the killed process
+  # left on disk, and this process has the step compiled already.
+  capsys.readouterr()
+  results = main_lib.train_and_evaluate(_config(data_dir), workdir)
+  assert f"Resuming from checkpoint {killed_at} " in capsys.readouterr().out
+  assert results["steps"] == _STEPS
 
   step, resumed = _final_state(workdir, config)
   straight_step, straight = _final_state(straight_dir, config)
@@ -273,17 +277,17 @@ def test_sigkill_and_resume_matches_straight_run(straight_run, data_dir, tmp_pat
   for got, want in zip(lines, straight_lines):
     assert got["loss"] == want["loss"], got["step"]
   with open(os.path.join(workdir, "results.json")) as f:
-    assert json.load(f)["steps"] == _STEPS
+    assert json.load(f) == results
 
 
 # -------------------------------------------------------------------- SIGTERM
 
 
-@pytest.mark.xdist_group("subprocess")
+@pytest.mark.xdist_group("main_straight_run")
 def test_sigterm_saves_exits_0_and_rerun_finishes(straight_run, data_dir, tmp_path, fake_eval):
   straight_dir, config, _ = straight_run
   workdir = str(tmp_path / "preempted")
-  proc = _launch(_cli_args(data_dir, workdir, checkpoint_every_steps=2), tmp_path / "run.log")
+  proc = _launch(_cli_args(data_dir, workdir), tmp_path / "run.log")
   try:
     _wait_for_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGTERM)
@@ -296,12 +300,12 @@ def test_sigterm_saves_exits_0_and_rerun_finishes(straight_run, data_dir, tmp_pa
   match = re.search(r"SIGTERM received: checkpoint (\d+) saved, exiting", log)
   assert match, log[-3000:]
   stop_step = int(match.group(1))
-  assert 2 <= stop_step < _STEPS
+  assert 5 <= stop_step < _STEPS  # after the first checkpoint, before the end
   assert _steps_on_disk(workdir)[-1] == stop_step
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   assert _metrics(workdir)[-1]["step"] == stop_step
 
-  results = main_lib.train_and_evaluate(_config(data_dir, checkpoint_every_steps=2), workdir)
+  results = main_lib.train_and_evaluate(_config(data_dir), workdir)
   assert results["steps"] == _STEPS and results["linear_top1"] == _FAKE_EVAL["linear_top1"]
   assert os.path.exists(os.path.join(workdir, "results.json"))
   assert [m["step"] for m in _metrics(workdir)] == list(range(1, _STEPS + 1))
@@ -311,7 +315,7 @@ def test_sigterm_saves_exits_0_and_rerun_finishes(straight_run, data_dir, tmp_pa
 # --------------------------------------------------------- truncated checkpoint
 
 
-@pytest.mark.xdist_group("subprocess")
+@pytest.mark.xdist_group("main_straight_run")
 def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, fake_eval):
   straight_dir, config, _ = straight_run
   workdir = str(tmp_path / "copy")
@@ -328,7 +332,7 @@ def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, 
     results = main_lib.train_and_evaluate(config, workdir)
   assert any(f"Checkpoint step {_STEPS} " in r.getMessage() and "unreadable" in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
-  assert any(f"Resuming from checkpoint step 20 " in r.getMessage() for r in caplog.records)
+  assert any("Resuming from checkpoint step 20 " in r.getMessage() for r in caplog.records)
   assert glob.glob(os.path.join(workdir, "checkpoints", f"{_STEPS}.unreadable-*"))
   assert results["steps"] == _STEPS
 
@@ -387,7 +391,15 @@ def test_cli_config_error_is_one_line(tmp_path):
 _MOCK_N = support.MOCK_EXAMPLES
 
 
-def test_mocked_cifar10_run(tmp_path, fake_eval):
+def test_mocked_cifar10_run(tmp_path, fake_eval, monkeypatch):
+  # While mock_data builds a dataset it swaps the whole process's file system
+  # (etils' epath) for a temporary folder; orbax's start-up sweep of killed
+  # saves' leftovers, in a thread of its own, then lists that folder instead of
+  # the workdir and fails the first save when it runs late (a loaded machine).
+  # The sweep has its own tests (test_checkpointing.py); here it is off.
+  real_options = checkpointing.ocp.CheckpointManagerOptions
+  monkeypatch.setattr(checkpointing.ocp, "CheckpointManagerOptions",
+                      lambda **kw: real_options(**{**kw, "cleanup_tmp_directories": False}))
   data_dir = str(tmp_path / "tfds")
   support.write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
   config = _config(data_dir, dataset="cifar10", batch_size=8, num_epochs=1)

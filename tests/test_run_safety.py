@@ -204,6 +204,7 @@ def test_skip_mode_drops_nonfinite_updates_and_counts_them(data_dir, tmp_path, f
 # ---------------------------------------------------------- changed configs
 
 
+@pytest.mark.xdist_group("run_safety_finished_run")
 @pytest.mark.parametrize("key,value,diff", [
     ("batch_size", 32, "batch_size: 64 -> 32"),
     ("loss.beta", 2.0, "loss.beta: 1.0 -> 2.0"),
@@ -220,6 +221,7 @@ def test_changed_config_refuses_and_touches_nothing(finished_run, data_dir, tmp_
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.xdist_group("run_safety_finished_run")
 def test_allowed_model_change_on_intact_checkpoints_renames_nothing(finished_run, data_dir,
                                                                     tmp_path, fake_eval):
   workdir = _copy(finished_run, tmp_path)
@@ -234,6 +236,7 @@ def test_allowed_model_change_on_intact_checkpoints_renames_nothing(finished_run
 # ------------------------------------------------------------- lock, attempts
 
 
+@pytest.mark.xdist_group("run_safety_finished_run")
 def test_second_run_refuses_while_the_first_holds_the_workdir(finished_run, data_dir,
                                                               tmp_path, fake_eval):
   workdir = _copy(finished_run, tmp_path)
@@ -252,6 +255,7 @@ def test_second_run_refuses_while_the_first_holds_the_workdir(finished_run, data
     holder.wait()
 
 
+@pytest.mark.xdist_group("run_safety_finished_run")
 def test_rerun_sums_wall_time_over_attempts(finished_run, data_dir, tmp_path, fake_eval):
   workdir = _copy(finished_run, tmp_path)
   first = finished_run[1]
@@ -261,8 +265,10 @@ def test_rerun_sums_wall_time_over_attempts(finished_run, data_dir, tmp_path, fa
   with open(os.path.join(workdir, run_guard.ATTEMPTS_FILE)) as f:
     attempts = json.load(f)
   earlier = attempts[0]["last_seen"] - attempts[0]["start"]
-  assert earlier > 0 and results["wall_time_s"] >= round(earlier, 1)
-  assert results["wall_time_s"] > 0.9 * first["wall_time_s"]
+  # The finished attempt counts whole, its evaluation included: the rerun's
+  # total is at least the first run's own.
+  assert earlier >= first["wall_time_s"] - 0.05
+  assert results["wall_time_s"] >= first["wall_time_s"]
 
 
 # ------------------------------------------------------------------- signals
@@ -335,6 +341,7 @@ def test_sigterm_in_startup_and_evaluation_is_retryable_and_rerun_completes(
 # ------------------------------------------------------------------ evaluate
 
 
+@pytest.mark.xdist_group("run_safety_finished_run")
 def test_evaluate_keeps_the_runs_checkpoints_and_results(finished_run, tmp_path, monkeypatch,
                                                          capfd):
   workdir = _copy(finished_run, tmp_path)

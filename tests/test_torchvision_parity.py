@@ -60,6 +60,8 @@ if importlib.util.find_spec("torchvision") is None:
 stats = pytest.importorskip("scipy.stats")
 
 N_DRAWS = ref.N_DRAWS
+# One worker builds `theirs` (a torchvision subprocess) for all of them.
+pytestmark = pytest.mark.xdist_group("torchvision_parity")
 
 
 @pytest.fixture(scope="module")

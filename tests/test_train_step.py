@@ -95,6 +95,7 @@ def runs():
   }
 
 
+@pytest.mark.xdist_group("train_step_runs")
 def test_one_and_eight_devices_agree(runs):
   assert len(jax.devices()) >= 8
   (state1, hist1, _), (state8, hist8, _) = runs[1], runs[8]
@@ -111,6 +112,7 @@ def test_one_and_eight_devices_agree(runs):
   assert np.abs(state8.params["head"]["out"]["kernel"] - kernel).max() > 1e-4
 
 
+@pytest.mark.xdist_group("train_step_runs")
 def test_step_on_a_default_explicit_mesh_agrees(runs):
   # jax.make_mesh's default axes are Explicit; the step runs Auto inside.
   mesh = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8])
@@ -123,6 +125,7 @@ def test_step_on_a_default_explicit_mesh_agrees(runs):
       np.testing.assert_allclose(metrics[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.xdist_group("train_step_runs")
 def test_step_traced_once(runs):
   # The 8-device run wrapped the pure step in chex.assert_max_traces(n=1)
   # (which raises on a second trace) and called it STEPS times.
@@ -130,6 +133,7 @@ def test_step_traced_once(runs):
   assert step._cache_size() == 1
 
 
+@pytest.mark.xdist_group("train_step_runs")
 def test_loss_decreases_on_fixed_batch(runs):
   losses = [float(m["loss"]) for m in runs[8][1]]
   assert losses[-1] < losses[0] - 0.05, losses
@@ -137,6 +141,7 @@ def test_loss_decreases_on_fixed_batch(runs):
   assert all(float(m["lr"]) == pytest.approx(3e-3) for m in runs[8][1])
 
 
+@pytest.mark.xdist_group("train_step_runs")
 def test_bf16_stays_finite(runs):
   config = _config()
   config.mixed_precision = True
@@ -259,6 +264,7 @@ def bf16_run(runs):
   return state, history
 
 
+@pytest.mark.xdist_group("train_step_runs")
 def test_bf16_step_close_to_float32(runs, bf16_run):
   # bf16 rounds every activation by up to 2^-9 = 0.2% (relative), and Adam
   # normalises each update, so small, noisy gradients move as much as large
@@ -276,6 +282,7 @@ def test_bf16_step_close_to_float32(runs, bf16_run):
   assert np.linalg.norm(update - update32) <= BF16_UPDATE_RTOL * np.linalg.norm(update32)
 
 
+@pytest.mark.xdist_group("train_step_runs")
 def test_bf16_compute_keeps_float32_master_weights(runs, bf16_run):
   # float32 master weights accumulate updates below bf16's resolution, so
   # after STEPS Adam steps almost no moved parameter is a bf16 number (a
