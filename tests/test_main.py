@@ -388,10 +388,14 @@ def test_cli_config_error_is_one_line(tmp_path):
 
 # ------------------------------------------------------------ mocked CIFAR-10
 
-_MOCK_N = support.MOCK_EXAMPLES
+# Two batches of the straight run's size: the same train step, so this run,
+# after the straight run in its xdist group, finds it in the compilation cache.
+_MOCK_N = 2 * _BATCH
 
 
-def test_mocked_cifar10_run(tmp_path, fake_eval, monkeypatch):
+@pytest.mark.xdist_group("main_straight_run")
+def test_mocked_cifar10_run(straight_run, tmp_path, fake_eval, monkeypatch):
+  del straight_run  # only its compiled train step
   # While mock_data builds a dataset it swaps the whole process's file system
   # (etils' epath) for a temporary folder; orbax's start-up sweep of killed
   # saves' leftovers, in a thread of its own, then lists that folder instead of
@@ -402,12 +406,12 @@ def test_mocked_cifar10_run(tmp_path, fake_eval, monkeypatch):
                       lambda **kw: real_options(**{**kw, "cleanup_tmp_directories": False}))
   data_dir = str(tmp_path / "tfds")
   support.write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
-  config = _config(data_dir, dataset="cifar10", batch_size=8, num_epochs=1)
+  config = _config(data_dir, dataset="cifar10", num_epochs=1)
   workdir = str(tmp_path / "work")
   with tfds.testing.mock_data(num_examples=_MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,
                               data_dir=data_dir):
     results = main_lib.train_and_evaluate(config, workdir)
-  steps = _MOCK_N // 8
+  steps = _MOCK_N // _BATCH
   assert results["steps"] == steps and results["dataset"] == "cifar10"
   lines = _metrics(workdir)
   assert [m["step"] for m in lines] == list(range(1, steps + 1))
