@@ -158,13 +158,14 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
         if stopped:
           break
       ckpt.close()  # inside the guard: a signal while the last save lands waits for it
-    # Stops and joins the prefetch thread now, while the interpreter is whole,
-    # rather than in its teardown (see run_guard.exit_now).
-    batches.close()
   except divergence.Diverged:
     ckpt.close()  # pending saves are of good steps; main prints the one line
     logger.close()
     raise
+  finally:
+    # Stops and joins the prefetch thread now, however training ended, while
+    # the interpreter is whole, not in its teardown (see run_guard.exit_now).
+    batches.close()
   if stopped:
     # Every process says so (each one's log is in WORKDIR/logs/).
     message = f"{guard.stop_reason}: checkpoint {step} saved, exiting."

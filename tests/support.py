@@ -22,6 +22,23 @@ def digits_config():
   return runpy.run_path(os.path.join(_ROOT, "configs", "digits.py"))["get_config"]()
 
 
+def tiny_model(*, stem: str = "cifar", dtype=None):
+  """The tests' small model: a ResNet of two one-block stages (4 and 8 channels) and the head.
+
+  It keeps what the tests check through a real model, at a fraction of the
+  compile time of even a narrow ResNet-18: BatchNorm in the stem, the blocks
+  and the head, and a strided block with a projection shortcut. ``dtype``:
+  the compute dtype (float32 by default).
+  """
+  import jax.numpy as jnp
+  from hcl_jax import models
+  dtype = jnp.float32 if dtype is None else dtype
+  return models.ContrastiveModel(
+      encoder=models.ResNet(stage_sizes=(1, 1), block_cls=models.BasicBlock, base_width=4,
+                            stem=stem, dtype=dtype),
+      head=models.ProjectionHead(hidden_dim=16, out_dim=8, dtype=dtype))
+
+
 def write_mock_metadata(data_dir: str, name: str, split_sizes: dict[str, int]) -> None:
   """dataset_info.json for `name`, so mock_data(USE_FILES) knows the splits."""
   builder = tfds.builder(name, data_dir=data_dir)

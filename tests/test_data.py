@@ -126,17 +126,20 @@ def test_pretrain_per_process(config):
   assert not np.array_equal(ba["view1"], bb["view1"])
   # Together the processes' batches are the single-process run's global
   # batches, images and augmentations alike (also after a resume).
-  whole = make_pretrain_dataset(config)
-  assert whole.steps_per_epoch == a.steps_per_epoch
-  for start, hosts in ((0, (a, b)), (6, None)):
-    hosts = hosts or [make_pretrain_dataset(config, start_step=start, process_index=p,
-                                            process_count=2) for p in (0, 1)]
+  def assert_hosts_make_the_whole(hosts, whole):
     parts = [_take(h.dataset, 2) for h in hosts]
     _assert_batches_equal(
         [{k: np.concatenate([parts[0][i][k], parts[1][i][k]]) for k in parts[0][i]}
          for i in range(2)],
-        _take((whole if start == 0 else make_pretrain_dataset(config, start_step=start)).dataset,
-              2))
+        _take(whole.dataset, 2))
+
+  whole = make_pretrain_dataset(config)
+  assert whole.steps_per_epoch == a.steps_per_epoch
+  assert_hosts_make_the_whole((a, b), whole)
+  assert_hosts_make_the_whole(
+      [make_pretrain_dataset(config, start_step=6, process_index=p, process_count=2)
+       for p in (0, 1)],
+      make_pretrain_dataset(config, start_step=6))
   with pytest.raises(ValueError, match="batch_size=256"):
     make_pretrain_dataset(config, process_index=0, process_count=3)
   config.batch_size = 4096

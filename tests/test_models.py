@@ -15,12 +15,7 @@ from hcl_jax import config_check
 from hcl_jax import losses
 from hcl_jax import models
 
-
-def _tiny(stem="cifar", stage_sizes=(1, 1), width=4):
-  return models.ContrastiveModel(
-      encoder=models.ResNet(stage_sizes=stage_sizes, block_cls=models.BasicBlock,
-                            base_width=width, stem=stem),
-      head=models.ProjectionHead(hidden_dim=16, out_dim=8))
+import support  # tests/ is on sys.path under pytest
 
 
 def _images(n, size, seed=0):
@@ -61,7 +56,7 @@ def test_bad_model_config_rejected(key, value, match):
 
 
 def test_projection_head_structure_and_normalised_outputs():
-  model = _tiny()
+  model = support.tiny_model()
   x = _images(6, 8)
   variables = model.init(jax.random.key(0), x, train=False)
   head = variables["params"]["head"]
@@ -82,7 +77,7 @@ def test_projection_head_structure_and_normalised_outputs():
 
 @pytest.mark.parametrize("stem,stage1_size", [("cifar", 32), ("imagenet", 8)])
 def test_stem_spatial_size(stem, stage1_size):
-  model = _tiny(stem=stem)
+  model = support.tiny_model(stem=stem)
   x = _images(2, 32)
   variables = model.init(jax.random.key(0), x, train=False)
   _, state = model.apply(variables, x, train=False, capture_intermediates=True,
@@ -116,7 +111,7 @@ def test_view_batch_norm_per_view_statistics_numpy():
 
 def test_stacked_views_equal_separate_forward_passes():
   """One [2B] pass with per-view BN == the published code's two [B] passes."""
-  model = _tiny()
+  model = support.tiny_model()
   v1, v2 = _images(6, 8, seed=2), _images(6, 8, seed=3) * 2.0 + 1.0
   variables = model.init(jax.random.key(0), v1, train=False)
   stacked = jnp.stack([v1, v2], axis=1).reshape(12, 8, 8, 3)

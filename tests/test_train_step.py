@@ -20,6 +20,8 @@ from hcl_jax import models
 from hcl_jax import optim
 from hcl_jax import train_step as ts
 
+import support  # tests/ is on sys.path under pytest
+
 BATCH, SIZE = 16, 8
 
 
@@ -30,13 +32,6 @@ def _config(**loss):
   config.model.projection_hidden_dim, config.model.projection_dim = 16, 8
   config.loss.update(loss)
   return config
-
-
-def _tiny_model(dtype=jnp.float32):
-  return models.ContrastiveModel(
-      encoder=models.ResNet(stage_sizes=(1, 1), block_cls=models.BasicBlock, base_width=4,
-                            dtype=dtype),
-      head=models.ProjectionHead(hidden_dim=16, out_dim=8, dtype=dtype))
 
 
 def _batch(seed=0):
@@ -85,7 +80,7 @@ def _run(config, num_devices, host_state, model, steps=STEPS, count_traces=False
 def runs():
   config = _config()
   config.optimizer.learning_rate = 3e-3
-  model = _tiny_model()
+  model = support.tiny_model()
   host_state = _init_host_state(config, model)
   return {
       "config": config,
@@ -118,7 +113,7 @@ def test_step_on_a_default_explicit_mesh_agrees(runs):
   mesh = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8])
   assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
   state = jax.device_put(runs["host_state"], mesh_lib.replicated(mesh))
-  step = ts.make_train_step(runs["config"], mesh, steps_per_epoch=2, model=_tiny_model())
+  step = ts.make_train_step(runs["config"], mesh, steps_per_epoch=2, model=support.tiny_model())
   for expected in runs[1][1][:2]:
     state, metrics = step(state, jax.device_put(_batch(7), mesh_lib.batch_sharding(mesh)))
     for key in expected:
@@ -145,7 +140,7 @@ def test_loss_decreases_on_fixed_batch(runs):
 def test_bf16_stays_finite(runs):
   config = _config()
   config.mixed_precision = True
-  model = _tiny_model(dtype=jnp.bfloat16)
+  model = support.tiny_model(dtype=jnp.bfloat16)
   state, history, _ = _run(config, 2, runs["host_state"], model, steps=2)
   assert all(np.isfinite(m["loss"]) for m in history)
   leaves = jax.tree.leaves(state.params)
@@ -183,7 +178,7 @@ def test_batch_not_divisible_by_devices_rejected():
   config = _config()
   config.batch_size = 12
   with pytest.raises(ValueError, match="multiple of the number of devices"):
-    ts.make_train_step(config, mesh_lib.make_mesh(jax.devices()[:8]), 4, _tiny_model())
+    ts.make_train_step(config, mesh_lib.make_mesh(jax.devices()[:8]), 4, support.tiny_model())
 
 
 def _published_beta_per_epoch(beta, epochs):
@@ -260,7 +255,7 @@ def bf16_run(runs):
   """The float32 8-device run's STEPS steps again with bf16 compute."""
   config = runs["config"].copy_and_resolve_references()
   config.mixed_precision = True
-  state, history, _ = _run(config, 8, runs["host_state"], _tiny_model(dtype=jnp.bfloat16))
+  state, history, _ = _run(config, 8, runs["host_state"], support.tiny_model(dtype=jnp.bfloat16))
   return state, history
 
 
@@ -347,7 +342,7 @@ def test_lars_through_a_real_train_step():
   config = _config()
   config.optimizer.name, config.optimizer.learning_rate = "lars", 0.5
   config.optimizer.warmup_epochs = 0
-  model = _tiny_model()
+  model = support.tiny_model()
   host_state = _init_host_state(config, model)
   initial = jax.tree_util.tree_leaves_with_path(host_state.params)
   updates = {}
