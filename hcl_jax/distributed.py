@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import logging
 import os
 import pathlib
@@ -43,6 +44,7 @@ from absl import flags
 __all__ = [
     "DistributedInfo",
     "DistributedInitError",
+    "ProcessesOutOfStep",
     "wait_for_all_processes",
     "initialize_distributed",
     "is_cloud_tpu_vm",
@@ -305,14 +307,27 @@ def _call_initialize(timeout_s: int, kwargs: dict) -> None:
         f"jax.distributed.initialize ({where}) failed within {timeout_s} s: {detail}") from e
 
 
+class ProcessesOutOfStep(RuntimeError):
+  """A process did not reach a ``wait_for_all_processes`` barrier in time (one line)."""
+
+
+# Each barrier id is used once; every process calls the barriers in the same
+# order, so numbering them by a counter gives the same ids everywhere.
+_barrier_numbers = itertools.count()
+
+
 def wait_for_all_processes(name: str, timeout_s: int = 600) -> None:
-  """Blocks until every process reached ``wait_for_all_processes(name)``.
+  """Blocks until every process reached its same-numbered ``wait_for_all_processes``.
 
   A coordination-service barrier, not a device collective. Why: on CPU, a
-  process that reaches its first cross-process collective more than 30 s
-  before another (one host slower to build its state) fails in gloo's
-  context set-up ("GetKeyValue() timed out"); this barrier, with a long
-  timeout, lines the processes up first. No-op on one process.
+  process that reaches a cross-process collective more than 30 s before
+  another (one host slower to build its state or to compile) fails in gloo
+  ("GetKeyValue() timed out") and the next collective hangs; this barrier,
+  with a long timeout, lines the processes up first (see
+  ``hcl_jax.compile_sync``). No-op on one process.
+
+  Raises:
+    ProcessesOutOfStep: not every process arrived within ``timeout_s``.
   """
   import jax  # here, not at import: `--help` and config errors come before JAX starts
   if jax.process_count() == 1:
@@ -321,4 +336,12 @@ def wait_for_all_processes(name: str, timeout_s: int = 600) -> None:
   client = getattr(jax_distributed.global_state, "client", None)
   if client is None:
     return
-  client.wait_at_barrier(f"hcl_jax:{name}", timeout_in_ms=int(timeout_s * 1000))
+  barrier = f"hcl_jax:{name}:{next(_barrier_numbers)}"
+  try:
+    client.wait_at_barrier(barrier, timeout_in_ms=int(timeout_s * 1000))
+  except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError: DEADLINE_EXCEEDED ...)
+    detail = " ".join(str(e).split())[:300]
+    raise ProcessesOutOfStep(
+        f"process {jax.process_index()} of {jax.process_count()} waited {timeout_s} s at "
+        f"barrier {barrier!r} and not every process arrived (one is stuck or died: see each "
+        f"process's log, WORKDIR/logs/process_<i>.log): {detail}") from e

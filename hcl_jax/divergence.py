@@ -66,9 +66,14 @@ class DivergenceMonitor:
   def update(self, metrics: dict) -> None:
     code = metrics["nonfinite"]
     if self._tally is None:
-      zeros = np.zeros((4,), np.int32)  # host zeros: placeable on a multi-host sharding
-      self._tally = (jax.device_put(zeros, code.sharding) if isinstance(code, jax.Array)
-                     else jnp.asarray(zeros))
+      zeros = np.zeros((4,), np.int32)
+      # Not jax.device_put: onto a sharding over several processes it runs a
+      # hidden cross-process equality check (a collective), which can wait
+      # forever for a process that is still compiling. Each process fills
+      # its own devices' copies from its own host zeros instead.
+      self._tally = (jax.make_array_from_callback(zeros.shape, code.sharding,
+                                                  lambda index: zeros[index])
+                     if isinstance(code, jax.Array) else jnp.asarray(zeros))
     self._tally = _accumulate(self._tally, code)
 
   def check(self) -> int:

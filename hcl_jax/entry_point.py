@@ -14,6 +14,8 @@ which defines ``--coordinator_address`` and the other runtime flags.
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 from typing import Any, Callable, NoReturn
 
 from absl import flags
@@ -30,6 +32,7 @@ def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],
 
   In this order:
 
+  0. SIGUSR1 dumps every thread's Python stack to stderr (``faulthandler``).
   1. SIGTERM / SIGINT raise ``run_guard.Interrupted`` (exit 75, "retry", one
      line naming ``phase``) until training's ``PreemptionGuard`` takes over.
   2. ``config()``: the run's config, checked before any backend starts or
@@ -52,6 +55,10 @@ def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],
     phase: what a signal before training interrupts ("start-up",
       "evaluation").
   """
+  # `kill -USR1 PID` prints every thread's Python stack to the process's
+  # stderr: what a hung process (one of a pod's, say) is waiting in. The
+  # tests' and the rehearsal's timeouts use it before they kill a process.
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   run_guard.exit_on_signals_outside_training()
   run_guard.set_phase(phase)
   with run_guard.one_line_errors(workdir):  # nothing started yet: a plain SystemExit

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
+from hcl_jax import compile_sync
 from hcl_jax import models as models_lib
 from hcl_jax import registry
 from hcl_jax.features import extract_features
@@ -61,8 +62,9 @@ def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> 
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   # Variables as an argument, not a closure: jit can't close over arrays that
   # span other processes' devices.
-  encode = jax.jit(lambda variables, images: model.apply(
-      variables, images, False, method=lambda module, x, train: module.encoder(x, train)))
+  encode = compile_sync.synced_first_call(jax.jit(lambda variables, images: model.apply(
+      variables, images, False, method=lambda module, x, train: module.encoder(x, train))),
+      "encode")
   encode_fn = functools.partial(encode, variables)
   num_classes = registry.DATASETS[config.dataset].num_classes
   ev = config.eval

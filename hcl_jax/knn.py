@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hcl_jax import checks
+from hcl_jax import compile_sync
 from hcl_jax import multihost
 from hcl_jax.features import (PRECISION, check_features, check_labels, num_devices, pad_rows,
                               round_up)
@@ -62,7 +63,8 @@ def _knn_chunk_fn(k: int, num_classes: int, mesh: Mesh | None) -> Callable[..., 
   if mesh is None:
     return jax.jit(fn)
   rep, rows = replicated(mesh), batch_sharding(mesh)
-  return jax.jit(fn, in_shardings=(rep, rep, rows, rep), out_shardings=rep)
+  return compile_sync.synced_first_call(
+      jax.jit(fn, in_shardings=(rep, rep, rows, rep), out_shardings=rep), "knn")
 
 
 def _check_knn_inputs(train_features: Any, train_labels: Any, test_features: Any,

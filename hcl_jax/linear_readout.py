@@ -45,6 +45,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hcl_jax import checks
+from hcl_jax import compile_sync
 from hcl_jax import multihost
 from hcl_jax.features import (PRECISION, check_batch_labels, check_encoded, check_features,
                               check_labels, num_devices, place_batch, round_up, to_host_batch)
@@ -127,7 +128,8 @@ def _step_fn(learning_rate: float, weight_decay: float,
   # Inputs keep the shardings they come with (the batch is placed by
   # ``place_batch``, features by ``encode_fn``); params come out replicated.
   rep = replicated(mesh)
-  return jax.jit(fn, out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
+  return compile_sync.synced_first_call(
+      jax.jit(fn, out_shardings=(rep, rep, rep), donate_argnums=(0, 1)), "readout_step")
 
 
 def _epoch_permutation(seed: int, epoch: int, num_rows: int) -> Array:
@@ -185,7 +187,9 @@ def _cached_epoch_fn(learning_rate: float, weight_decay: float, batch_size: int,
   if mesh is None:
     return jax.jit(fn, donate_argnums=(0, 1))
   rep = replicated(mesh)
-  return jax.jit(fn, in_shardings=(rep,) * 5, out_shardings=(rep,) * 3, donate_argnums=(0, 1))
+  return compile_sync.synced_first_call(
+      jax.jit(fn, in_shardings=(rep,) * 5, out_shardings=(rep,) * 3, donate_argnums=(0, 1)),
+      "readout_epoch")
 
 
 def check_hyperparameters(num_classes: Any, epochs: Any, learning_rate: Any, weight_decay: Any,

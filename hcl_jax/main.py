@@ -11,10 +11,12 @@ trained encoder and of the same encoder at its random initialisation. The
 workdir may be local or ``gs://...`` (``hcl_jax.workdir_fs``). Started again
 with the same workdir, the run resumes from its latest readable checkpoint
 (state, step, data position and RNG) and ends exactly as a run that went
-straight through; SIGTERM (a TPU preemption) saves and exits 0, Ctrl-C
+straight through. SIGTERM (a preemption) during training saves and exits 75,
+"retry" (``run_guard.EXIT_RETRYABLE``: schedulers restart on it), Ctrl-C
 (SIGINT) saves and exits 130 (a second Ctrl-C exits at once). Either signal
-before or after training (start-up, evaluation) exits 75, "retry"
-(``run_guard.EXIT_RETRYABLE``), with one line; the rerun resumes.
+before or after training (start-up, evaluation) exits 75 with one line; the
+rerun resumes. With several processes every process exits so, after the
+same checkpoint (``hcl_jax.preemption``).
 
 What the run refuses, in one line and without touching the workdir
 (``hcl_jax.run_guard``): a workdir another live run holds (``run.lock``), a
@@ -76,6 +78,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   import jax
   import jax.numpy as jnp
 
+  from hcl_jax import compile_sync
   from hcl_jax import data as data_lib
   from hcl_jax import evaluate
   from hcl_jax import models
@@ -86,6 +89,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   from hcl_jax import workdir_fs
   from hcl_jax.checkpointing import Checkpointer, rng_from_list, rng_to_list
   from hcl_jax.metrics_log import MetricLogger
+  from hcl_jax import preemption
   from hcl_jax.preemption import PreemptionGuard
 
   is_main = jax.process_index() == 0
@@ -122,7 +126,9 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
 
   data = data_lib.make_pretrain_dataset(config, start_step=start_step)
   total_steps = config.num_epochs * steps_per_epoch
-  train_step = train_step_lib.make_train_step(config, mesh, steps_per_epoch, model)
+  # Compiled on every process before any of them runs it (hcl_jax.compile_sync).
+  train_step = compile_sync.synced_first_call(
+      train_step_lib.make_train_step(config, mesh, steps_per_epoch, model), "train_step")
   logger = MetricLogger(workdir, total_steps=total_steps, config=config, start_step=start_step,
                         batch_size=config.batch_size, is_main_process=is_main)
   if start_step == 0:
@@ -183,6 +189,8 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
                  f"(first at step {monitor.first_bad[0]}: {divergence.describe(monitor.first_bad[1])}).")
 
   run_guard.set_phase("evaluation")
+  # Several processes: a signal on any one of them now ends them all (exit 75).
+  preemption.exit_every_process_on_signal("evaluation")
   logger.write("Pre-training done; evaluating the encoder (linear readout and kNN).")
   trained = evaluate.evaluate_encoder(config, model, state, mesh)
   initial = evaluate.evaluate_encoder(config, model, initial_state, mesh)
@@ -234,8 +242,13 @@ def main(argv: list[str]) -> None:
   from hcl_jax import entry_point
 
   def train(config: Any) -> int:
+    from hcl_jax import run_guard
     results = _run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-    return 130 if results.get("signal") == "SIGINT" else 0
+    if "stopped_at_step" not in results:
+      return 0
+    # Saved and stopped before the end: "retry" (a scheduler restarts it), or
+    # 130 for a user's Ctrl-C.
+    return 130 if results.get("signal") == "SIGINT" else run_guard.EXIT_RETRYABLE
 
   # The config is checked before any backend or dataset starts.
   entry_point.run(_WORKDIR.value, config=lambda: config_check.validate(_CONFIG.value), work=train)

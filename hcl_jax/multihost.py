@@ -96,6 +96,11 @@ def allgather_rows(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
   if jax.process_count() == 1:
     return tuple(np.asarray(a) for a in arrays)
   from jax.experimental import multihost_utils
+
+  from hcl_jax import distributed
+  # The gather is a collective: processes that reach it far apart (one still
+  # compiling its encoder) would time out in it. Line them up first.
+  distributed.wait_for_all_processes("allgather_rows")
   rows = int(arrays[0].shape[0])
   counts = np.asarray(multihost_utils.process_allgather(np.asarray([rows], np.int64))).reshape(-1)
   most = int(counts.max())

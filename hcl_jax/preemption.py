@@ -1,10 +1,25 @@
-"""Turning a preemption notice (SIGTERM) into "save a checkpoint and exit 0".
+"""Turning a preemption notice (SIGTERM) into "save a checkpoint and exit 75".
 
-Spot/preemptible TPU VMs announce preemption with SIGTERM and kill the
-process some seconds later. The default SIGTERM action kills the process at
-once, losing everything since the last periodic checkpoint. Inside a
-``PreemptionGuard`` the signal only sets a flag; the train loop polls it
-once per step, saves, and returns normally (exit code 0).
+Spot/preemptible TPU VMs (and GKE, SLURM) announce preemption with SIGTERM
+and kill the process some seconds later. The default SIGTERM action kills
+the process at once, losing everything since the last periodic checkpoint.
+Inside a ``PreemptionGuard`` the signal only sets a flag; the train loop
+polls it once per step, saves, and returns; ``main`` then exits 75
+(``run_guard.EXIT_RETRYABLE``, "retry": the job is not finished).
+
+What a signal does in each phase, on one process or several:
+
+- start-up (before the first step): one process: exit 75 at once (the entry
+  point's handler). Several: after ``jax.distributed.initialize`` JAX's
+  preemption service holds SIGTERM; the notice is acted on at the first
+  training step (save, exit 75 everywhere).
+- training steps and their checkpoints: every process saves the same step
+  and exits 75 (below).
+- the final checkpoint's write: one process: exit 75 once it is on disk.
+  Several: the notice goes to JAX's preemption service, which no step asks
+  any more; the run goes on to evaluate (the next signal stops it).
+- evaluation: every process exits 75 (``exit_every_process_on_signal``); the
+  rerun evaluates the final checkpoint again.
 
 Single process (the usual case, and every test): a Python signal handler.
 
@@ -58,7 +73,7 @@ class PreemptionGuard:
         ckpt.maybe_save(step, state, extra, force=stop or step == total)
         if stop:
           break
-    ckpt.close()   # waits for the async write; then return / exit 0
+    ckpt.close()   # waits for the async write; then return / exit 75
 
   A second SIGINT while the flag is set ends the process at once (exit code
   130, one line), so an interactive user can still abort a run that is slow
@@ -161,3 +176,81 @@ class PreemptionGuard:
                    "current step.", name)
     else:
       _log.warning("Received %s again; already stopping.", name)
+
+
+# -- outside training, on several processes ------------------------------------
+
+_INTERRUPT_KEY = "hcl_jax/interrupted"
+# How long a process told of another's signal waits for its own main thread
+# to unwind (it may sit in a collective whose peer has gone) before it ends
+# itself.
+INTERRUPT_GRACE_S = 20.0
+
+
+def exit_every_process_on_signal(phase: str) -> None:
+  """From now on, SIGTERM / SIGINT on any process ends every process with 75.
+
+  For the phases after training (the final checkpoint is on disk) of a job
+  with several processes. There the training loop's agreement on a stop
+  step (JAX's preemption service, which catches SIGTERM itself) no longer
+  runs, so a signal would otherwise be swallowed (the service's handler) or
+  end one process and leave the others waiting forever in their next
+  collective. Here a Python handler on the process that got the signal
+  records it in the coordination service's key-value store and raises
+  ``run_guard.Interrupted`` (one line, exit 75); a watcher thread on every
+  other process sees the key, interrupts its main thread the same way, and,
+  if that thread is stuck in a collective with the process that left, ends
+  the process after ``INTERRUPT_GRACE_S`` with code 75 itself.
+
+  On one process it does nothing: the entry point's handler
+  (``run_guard.exit_on_signals_outside_training``) already exits 75.
+  """
+  if jax.process_count() == 1:
+    return
+  import _thread
+  import signal as signal_lib
+  import sys
+  import time
+
+  from jax._src import distributed as jax_distributed
+
+  from hcl_jax import run_guard
+
+  client = jax_distributed.global_state.client
+  me = jax.process_index()
+
+  def handler(signum, frame):
+    del frame
+    name = signal_lib.Signals(signum).name
+    try:
+      client.key_value_set(_INTERRUPT_KEY, f"{me}:{name}")
+    except Exception:  # pylint: disable=broad-except  (set already: another process was first)
+      pass
+    run_guard.leave_without_shutdown()  # the others may already be gone
+    raise run_guard.Interrupted(name, f"during {phase}")
+
+  def watch():
+    while True:
+      try:
+        value = client.blocking_key_value_get(_INTERRUPT_KEY, 3_600_000)
+        break
+      except Exception:  # pylint: disable=broad-except  (the hour passed: keep waiting)
+        time.sleep(1.0)
+    sender, _, name = value.partition(":")
+    if sender == str(me):
+      return  # this process's own handler is unwinding
+    print(f"{name} received by process {sender} during {phase}: stopping this process too.",
+          file=sys.stderr, flush=True)
+    run_guard.leave_without_shutdown()
+    _thread.interrupt_main(signal_lib.SIGTERM)  # -> handler above, in the main thread
+    time.sleep(INTERRUPT_GRACE_S)
+    print(f"stopped: {name} received by process {sender} during {phase} (this process's "
+          f"main thread did not unwind within {INTERRUPT_GRACE_S:.0f} s: it waits in a "
+          f"collective with that process): exiting with code {run_guard.EXIT_RETRYABLE} "
+          "(retry); the checkpoints are intact, rerun the same command to continue.",
+          file=sys.stderr, flush=True)
+    run_guard.exit_now(run_guard.EXIT_RETRYABLE)
+
+  for signum in (signal_lib.SIGTERM, signal_lib.SIGINT):
+    signal_lib.signal(signum, handler)
+  threading.Thread(target=watch, name="hcl_jax-interrupt-watch", daemon=True).start()

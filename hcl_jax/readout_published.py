@@ -41,7 +41,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hcl_jax import checks
+from hcl_jax import compile_sync
 from hcl_jax import linear_readout
+from hcl_jax import multihost
 from hcl_jax.features import (check_batch_labels, extract_features, num_devices, place_batch,
                               to_host_batch)
 from hcl_jax.mesh import replicated
@@ -110,7 +112,9 @@ def train_linear_readout_published(
     step_fn = jax.jit(step, donate_argnums=(0, 1, 2))
   else:
     rep = replicated(mesh)
-    step_fn = jax.jit(step, out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2))
+    step_fn = compile_sync.synced_first_call(
+        jax.jit(step, out_shardings=(rep, rep, rep, rep), donate_argnums=(0, 1, 2)),
+        "published_readout_step")
   encode_fn = jax.jit(encode_eval)
   devices = num_devices(mesh)
 
@@ -135,7 +139,9 @@ def train_linear_readout_published(
                                                         num_classes)
         opt_state = optimizer.init(lin_params)
         if mesh is not None:
-          lin_params, opt_state = jax.device_put((lin_params, opt_state), replicated(mesh))
+          # Not jax.device_put: with several processes it runs a hidden
+          # cross-process equality check (a collective) at this point.
+          lin_params, opt_state = multihost.put_replicated((lin_params, opt_state), mesh)
       lin_params, opt_state, stats, loss = step_fn(lin_params, opt_state, stats, images,
                                                    labels, mask, params)
       losses.append(loss)

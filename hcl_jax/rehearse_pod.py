@@ -1,7 +1,7 @@
 """Rehearse a Cloud TPU pod slice on this machine, before renting one.
 
   python -m hcl_jax.rehearse_pod --processes 2 --devices-per-process 4 \\
-      [--preempt one,all] [-- --config.num_epochs=2 ...]
+      [--preempt one,all,eval] [-- --config.num_epochs=2 ...]
 
 runs what ``launch/tpu.py run`` runs on every worker of a slice, the real
 ``python -m hcl_jax.main`` end to end (pre-training, checkpoints, kNN monitor,
@@ -12,11 +12,13 @@ by a real GCS API emulator on 127.0.0.1 (``hcl_jax.gcs_emulator``). The
 processes run in an empty scratch folder, so a workdir written to local disk
 by mistake (a folder named ``gs:``) is caught.
 
-``--preempt one,all`` starts the run, sends SIGTERM to process 1 ("one") once
-it reports a training step, checks that every process exits 0 having saved
-the same step, starts it again (it must resume from that step), sends SIGTERM
-to every process ("all") once it trained a step further, checks the same, and runs
-it a last time to the end. Any sequence of "one" and "all" works. At the end it prints the bucket's contents, results.json and
+``--preempt one,all,eval`` starts the run, sends SIGTERM to process 1 ("one")
+once it reports a training step, checks that every process exits 75 having
+saved the same step, starts it again (it must resume from that step), sends
+SIGTERM to every process ("all") once it trained a step further, checks the
+same, starts it again and sends SIGTERM to process 1 once it evaluates
+("eval": every process must exit 75), and runs it a last time to the end.
+Any sequence of the three works. At the end it prints the bucket's contents, results.json and
 the final loss, and checks that the bucket holds checkpoints, metrics.jsonl,
 config.json, results.json, TensorBoard events and each process's log.
 
@@ -61,6 +63,11 @@ TINY_OVERRIDES = (
     "--config.keep_checkpoints=2",
 )
 _STOP_RE = re.compile(r"received: checkpoint (\d+) saved, exiting")
+
+
+# SIGTERM to process 1 in training / to every process in training / to
+# process 1 during the final evaluation.
+PREEMPT_CASES = ("one", "all", "eval")
 
 
 class RehearsalError(AssertionError):
@@ -174,17 +181,19 @@ def _crashed(pod: Pod) -> list[int]:
   return crashed
 
 
-def wait_pod(pod: Pod, *, timeout_s: float) -> list[int]:
-  """Exit codes of every process. Fails fast: when one process exits with
-  an error (or prints a traceback and hangs), the others (which would wait
-  for it in a collective) are killed."""
+def wait_pod(pod: Pod, *, timeout_s: float, expected: Sequence[int] = (0,)) -> list[int]:
+  """Exit codes of every process. Fails fast: when one process exits with a
+  code not in ``expected`` (or prints a traceback and hangs), the others
+  (which would wait for it in a collective) are killed; past ``timeout_s``
+  every process's stacks and output tail are in the error."""
   deadline = time.monotonic() + timeout_s
   try:
     while True:
       codes = [p.poll() for p in pod.procs]
       if all(c is not None for c in codes):
         return codes
-      failed = [i for i, c in enumerate(codes) if c not in (None, 0)] or _crashed(pod)
+      failed = ([i for i, c in enumerate(codes) if c is not None and c not in expected]
+                or _crashed(pod))
       if failed:
         time.sleep(5)  # let the others print their side of it
         kill_pod(pod)
@@ -193,9 +202,8 @@ def wait_pod(pod: Pod, *, timeout_s: float) -> list[int]:
             "traceback and hung); the others were stopped. "
             f"Its output ends:\n{pod.output(failed[0])[-4000:]}")
       if time.monotonic() > deadline:
-        kill_pod(pod)
-        raise RehearsalError(f"the run took more than {timeout_s:.0f} s; output of process 0 "
-                             f"ends:\n{pod.output(0)[-4000:]}")
+        raise RehearsalError(f"the run took more than {timeout_s:.0f} s.\n"
+                             + stop_with_stacks(pod))
       time.sleep(0.2)
   except BaseException:
     kill_pod(pod)
@@ -210,6 +218,41 @@ def kill_pod(pod: Pod) -> None:
     p.wait()
 
 
+_STACK_DUMP_WAIT_S = 3.0
+_TAIL_CHARS = 4000
+_STACKS_CHARS = 20000
+
+
+def stop_with_stacks(pod: Pod) -> str:
+  """Every process's Python stacks and output tail, then kills the pod.
+
+  For a run past its bound: each live process gets SIGUSR1, on which
+  ``hcl_jax.entry_point`` has faulthandler print every thread's stack to
+  its stderr (even while the main thread waits inside C++, in a
+  collective or a barrier); after a moment the processes are killed and
+  the report shows, per process, its state and the end of its output.
+  """
+  alive = [p for p in pod.procs if p.poll() is None]
+  before = [len(pod.output(index)) for index in range(len(pod.procs))]
+  for p in alive:
+    p.send_signal(signal.SIGUSR1)
+  if alive:
+    time.sleep(_STACK_DUMP_WAIT_S)
+  kill_pod(pod)
+  parts = []
+  for index, p in enumerate(pod.procs):
+    output = pod.output(index)
+    if p in alive:
+      parts.append(f"--- process {index} (pid {p.pid}) was still running; its output ends:\n"
+                   f"{output[:before[index]][-_TAIL_CHARS:]}\n"
+                   f"--- process {index}'s Python stacks (faulthandler):\n"
+                   f"{output[before[index]:][:_STACKS_CHARS]}")
+    else:
+      parts.append(f"--- process {index} (pid {p.pid}) had exited {p.returncode}; its output "
+                   f"ends:\n{output[-_TAIL_CHARS:]}")
+  return "\n".join(parts)
+
+
 def checkpoint_steps(gcs: GcsEmulator, prefix: str) -> list[int]:
   """Finished checkpoint steps under gs://BUCKET/<prefix>/checkpoints/."""
   names = gcs.list_objects(BUCKET, f"{prefix}/checkpoints/")
@@ -220,26 +263,51 @@ def checkpoint_steps(gcs: GcsEmulator, prefix: str) -> list[int]:
 _PROGRESS_RE = re.compile(r"^step (\d+)/\d+ ", re.MULTILINE)
 
 
+_EVALUATING = "Pre-training done; evaluating"
+
+
+def _wait_for_output(pod: Pod, ready, what: str, deadline: float) -> None:
+  while not ready(pod.output(0)):
+    if any(p.poll() is not None for p in pod.procs) or _crashed(pod):
+      wait_pod(pod, timeout_s=60)
+      raise RehearsalError(f"the run ended before {what}; nothing was preempted")
+    if time.monotonic() > deadline:
+      raise RehearsalError(f"no {what} within the bound.\n" + stop_with_stacks(pod))
+    time.sleep(0.05)
+
+
+def preempt_evaluation(pod: Pod, targets: Sequence[int], *, timeout_s: float) -> None:
+  """SIGTERM to ``targets`` once process 0 says it evaluates; raises
+  RehearsalError unless every process then exits 75 with the one line."""
+  deadline = time.monotonic() + timeout_s
+  _wait_for_output(pod, lambda text: _EVALUATING in text, "evaluation", deadline)
+  for index in targets:
+    pod.procs[index].send_signal(signal.SIGTERM)
+  codes = wait_pod(pod, timeout_s=max(60.0, deadline - time.monotonic()), expected=(0, 75))
+  if codes != [75] * len(codes):
+    raise RehearsalError(f"exit codes after SIGTERM to {list(targets)} in evaluation: {codes} "
+                         "(want all 75)")
+  for index in range(len(pod.procs)):
+    if not re.search(r"stopped: SIGTERM received.* during evaluation", pod.output(index)):
+      raise RehearsalError(f"process {index} did not say why it stopped:\n"
+                           f"{pod.output(index)[-3000:]}")
+
+
 def preempt_pod(pod: Pod, gcs: GcsEmulator, prefix: str, targets: Sequence[int], *,
                 timeout_s: float, after_step: int = 0) -> int:
   """SIGTERM to ``targets`` once process 0 reports a training step after
   ``after_step`` (so the train loop, and its preemption guard, are running);
   returns the step every process saved. Raises RehearsalError unless every
-  process exits 0 naming the same step, and that step is in the bucket."""
+  process exits 75 naming the same step, and that step is in the bucket."""
   deadline = time.monotonic() + timeout_s
-  while not [int(s) for s in _PROGRESS_RE.findall(pod.output(0)) if int(s) > after_step]:
-    if any(p.poll() is not None for p in pod.procs) or _crashed(pod):
-      wait_pod(pod, timeout_s=60)
-      raise RehearsalError("the run ended before it reported a step; nothing was preempted")
-    if time.monotonic() > deadline:
-      kill_pod(pod)
-      raise RehearsalError(f"no training step after {after_step} within {timeout_s:.0f} s")
-    time.sleep(0.05)
+  _wait_for_output(pod, lambda text: [int(s) for s in _PROGRESS_RE.findall(text)
+                                      if int(s) > after_step],
+                   f"training step after {after_step}", deadline)
   for index in targets:
     pod.procs[index].send_signal(signal.SIGTERM)
-  codes = wait_pod(pod, timeout_s=max(60.0, deadline - time.monotonic()))
-  if codes != [0] * len(codes):
-    raise RehearsalError(f"exit codes after SIGTERM to {list(targets)}: {codes} (want all 0)")
+  codes = wait_pod(pod, timeout_s=max(60.0, deadline - time.monotonic()), expected=(0, 75))
+  if codes != [75] * len(codes):
+    raise RehearsalError(f"exit codes after SIGTERM to {list(targets)}: {codes} (want all 75)")
   steps = []
   for index in range(len(pod.procs)):
     match = _STOP_RE.search(pod.output(index))
@@ -294,8 +362,10 @@ def run_pod(gcs: GcsEmulator, *, prefix: str, processes: int, devices_per_proces
 
   ``preempt``: for each entry, "one" (SIGTERM to process 1) or "all" (to
   every process), a run is started, preempted once it trained a step past
-  the previous stop, and checked (every process exits 0, all saved the same step);
-  then a last run resumes and finishes.
+  the previous stop, and checked (every process exits 75, all saved the same
+  step); "eval": SIGTERM to process 1 once the run evaluates (every process
+  must exit 75; the rerun evaluates the final checkpoint again). Then a
+  last run resumes and finishes.
 
   Returns {"results", "final_step", "final_loss", "bucket", "stopped_at",
   "outputs"}: results.json, the last metrics line, the bucket check's
@@ -307,12 +377,16 @@ def run_pod(gcs: GcsEmulator, *, prefix: str, processes: int, devices_per_proces
                 data_dir=data_dir, overrides=overrides, env=env, cwd=scratch, log_dir=log_dir)
   outputs, stopped_at = [], []
   for case, which in enumerate(preempt):
-    if which not in ("one", "all"):
-      raise ValueError(f"preempt entries must be 'one' or 'all'; got {which!r}")
-    targets = [1 % processes] if which == "one" else list(range(processes))
+    if which not in PREEMPT_CASES:
+      raise ValueError(f"preempt entries must be one of {PREEMPT_CASES}; got {which!r}")
+    targets = list(range(processes)) if which == "all" else [1 % processes]
     pod = start_pod(**common, tag=f"{prefix.replace('/', '_')}_preempted{case}")
-    stopped_at.append(preempt_pod(pod, gcs, prefix, targets, timeout_s=timeout_s,
-                                  after_step=stopped_at[-1] if stopped_at else 0))
+    if which == "eval":
+      preempt_evaluation(pod, targets, timeout_s=timeout_s)
+      stopped_at.append(checkpoint_steps(gcs, prefix)[-1])
+    else:
+      stopped_at.append(preempt_pod(pod, gcs, prefix, targets, timeout_s=timeout_s,
+                                    after_step=stopped_at[-1] if stopped_at else 0))
     outputs.append([pod.output(i) for i in range(processes)])
     if case:
       _check_resumed(outputs[-1][0], stopped_at[-2], workdir)
@@ -350,8 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="CPU devices per process (default 4)")
   parser.add_argument("--preempt", default="",
                       help="comma-separated cases, each 'one' (SIGTERM to process 1) or 'all' "
-                      "(to every process), sent once the run trained a step; the run is "
-                      "restarted after each, e.g. --preempt one,all")
+                      "(to every process), sent once the run trained a step, or 'eval' "
+                      "(to process 1 during the evaluation); the run is restarted after "
+                      "each, e.g. --preempt one,all,eval")
   parser.add_argument("--timeout-s", type=float, default=900.0, help="per run (default 900)")
   parser.add_argument("--keep", default=None, help="folder to keep the processes' output in")
   args = parser.parse_args(argv)
@@ -362,8 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"arguments after -- must be --config.* overrides; got {bad}")
   overrides = [*TINY_OVERRIDES, *extra]
   preempt = [case for case in args.preempt.split(",") if case]
-  if any(case not in ("one", "all") for case in preempt):
-    parser.error(f"--preempt takes 'one' and/or 'all', comma-separated; got {args.preempt!r}")
+  if any(case not in PREEMPT_CASES for case in preempt):
+    parser.error(f"--preempt takes {', '.join(PREEMPT_CASES)}, comma-separated; "
+                 f"got {args.preempt!r}")
 
   scratch = tempfile.mkdtemp(prefix="hcl_jax_rehearsal_")
   log_dir = args.keep or os.path.join(scratch, "output")
@@ -379,8 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       gcs.create_bucket(BUCKET)
       print(f"GCS emulator (fake-gcs-server) on {gcs.url}; workdir gs://{BUCKET}/run; "
             f"{args.processes} processes x {args.devices_per_process} CPU devices"
-            + "".join(f"; then SIGTERM to {'process 1' if c == 'one' else 'every process'} "
-                      "during training, and a rerun" for c in preempt), flush=True)
+            + "".join(f"; then SIGTERM to {'every process' if c == 'all' else 'process 1'} "
+                      f"during {'evaluation' if c == 'eval' else 'training'}, and a rerun"
+                      for c in preempt), flush=True)
       try:
         report = run_pod(gcs, prefix="run", processes=args.processes,
                          devices_per_process=args.devices_per_process, data_dir=data_dir,
@@ -394,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           print(f"  last run, process 0| {line}")
       for case, step in enumerate(report["stopped_at"]):
         for index, text in enumerate(report["outputs"][case]):
-          match = _STOP_RE.search(text)
+          match = _STOP_RE.search(text) or re.search(r"stopped: .*", text)
           line = text[:match.end()].splitlines()[-1]
           print(f"  run {case + 1}, process {index}| {line}")
       print(f"gs://{BUCKET}/run holds: " + ", ".join(

@@ -469,6 +469,7 @@ class one_line_errors:
     return self
 
   def __exit__(self, exc_type, exc, tb):
+    from hcl_jax import distributed
     from hcl_jax import divergence
 
     if exc is None:
@@ -477,6 +478,9 @@ class one_line_errors:
       self._exit(f"stopped: {exc}", EXIT_RETRYABLE)
     if isinstance(exc, KeyboardInterrupt):
       self._exit("stopped: interrupted (Ctrl-C).", 130)
+    if isinstance(exc, distributed.ProcessesOutOfStep):
+      leave_without_shutdown()  # a peer is stuck or gone: its shutdown barrier would wait too
+      self._exit(f"error: {exc}", 1)
     if isinstance(exc, (RunError, divergence.Diverged)):
       self._exit(f"error: {exc}", 1)
     os_failure = os_failure_line(exc, self.workdir)
@@ -492,6 +496,16 @@ class one_line_errors:
     if self.hard_exit:
       exit_now(code)
     raise SystemExit(code)
+
+
+_shutdown_on_exit = True
+
+
+def leave_without_shutdown() -> None:
+  """``exit_now`` then skips ``jax.distributed.shutdown``: its barrier would
+  wait for processes that are stuck or gone (a cross-process interrupt)."""
+  global _shutdown_on_exit
+  _shutdown_on_exit = False
 
 
 def exit_now(code: int) -> None:
@@ -521,7 +535,7 @@ def exit_now(code: int) -> None:
       handler.flush()
     except (OSError, ValueError):
       pass
-  if "jax" in sys.modules:
+  if "jax" in sys.modules and _shutdown_on_exit:
     try:
       from jax._src import distributed
       if distributed.global_state.client is not None:

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -131,15 +132,21 @@ def test_evaluation_same_on_2x4_and_1x8(gcs, reference, pod):
   rehearse_pod.check_no_local_gs(pod["scratch"])
 
 
-def test_preemption_one_then_all_resumes_to_the_same_end(gcs, reference, pod):
+def test_preemption_one_then_all_then_in_evaluation_resumes_to_the_same_end(gcs, reference,
+                                                                           pod):
   """SIGTERM to process 1 during training; rerun; SIGTERM to both once the
-  rerun trained a step; rerun to the end. Every time both processes save the same step
-  and exit 0 (``run_pod`` checks it, and that each rerun resumed from it);
-  the end is the uninterrupted run's: same final loss and results."""
+  rerun trained a step; rerun; SIGTERM to process 1 during the evaluation;
+  rerun to the end. Every time both processes exit 75, in training after
+  saving the same step (``run_pod`` checks it, and that each rerun resumed
+  from it); the end is the uninterrupted run's: same final loss and results.
+
+  Runs on the module's warm compilation cache: process 0 then starts each
+  program at once while process 1 compiles it, the case that hung (issue
+  24) before every program was compiled on every process ahead of a barrier."""
   run = rehearse_pod.run_pod(gcs, prefix="preempted", processes=2, devices_per_process=4,
-                             preempt=("one", "all"), **pod)
-  first, second = run["stopped_at"]
-  assert 0 < first < second < _STEPS
+                             preempt=("one", "all", "eval"), **pod)
+  first, second, in_evaluation = run["stopped_at"]
+  assert 0 < first < second < _STEPS and in_evaluation == _STEPS
   for case in (0, 1):
     for output in run["outputs"][case]:
       # The notice that triggered the save is named, not "None received".
@@ -169,3 +176,58 @@ def test_missing_host_fails_fast_with_a_clear_message(pod, tmp_path):
   output = proc.stdout + proc.stderr
   assert "waiting up to 3 s for every process to join" in output, output[-2000:]
   assert "DEADLINE_EXCEEDED" in output, output[-2000:]
+
+
+# Process 1 sleeps where it would start its first train step (after
+# compiling it): process 0 waits for it at the barrier. Loaded by every
+# process through PYTHONPATH (sitecustomize), active on process 1 only.
+_SLEEP_ON_PROCESS_1 = """
+import os, sys, time
+if os.environ.get("JAX_PROCESS_ID") == "1":
+  from hcl_jax import compile_sync
+
+  def _sleep_forever(self, *args):
+    print("process 1: sleeping before its first step", flush=True)
+    time.sleep(100000)
+
+  compile_sync._SyncedFirstCall.__call__ = _sleep_forever
+"""
+
+
+def test_a_hung_process_fails_within_the_bound_showing_every_stack(pod, tmp_path):
+  """The bound of every rehearsal wait, proved: one process sleeps, the other
+  waits for it; the wait fails within its bound and the error shows both
+  processes' Python stacks (faulthandler, on SIGUSR1) and output tails."""
+  hook = tmp_path / "hook"
+  hook.mkdir()
+  (hook / "sitecustomize.py").write_text(_SLEEP_ON_PROCESS_1)
+  env = dict(pod["extra_env"], PYTHONPATH=str(hook))
+  running = rehearse_pod.start_pod(
+      processes=2, devices_per_process=4, workdir=str(tmp_path / "w"),
+      data_dir=pod["data_dir"], overrides=pod["overrides"], env=env, cwd=str(tmp_path),
+      log_dir=str(tmp_path), tag="hung")
+  deadline = time.monotonic() + _RUN_TIMEOUT_S
+  try:
+    while "sleeping before its first step" not in running.output(1):
+      assert all(p.poll() is None for p in running.procs), running.output(0)[-3000:]
+      assert time.monotonic() < deadline, running.output(1)[-3000:]
+      time.sleep(0.2)
+  except BaseException:
+    rehearse_pod.kill_pod(running)
+    raise
+  bound_s = 10.0
+  started = time.monotonic()
+  with pytest.raises(rehearse_pod.RehearsalError) as failed:
+    rehearse_pod.wait_pod(running, timeout_s=bound_s)
+  took = time.monotonic() - started
+  assert took < bound_s + 30, took
+  report = str(failed.value)
+  assert f"the run took more than {bound_s:.0f} s" in report
+  for index in (0, 1):
+    assert f"--- process {index} (pid {running.procs[index].pid}) was still running" in report
+  stacks_0 = report.split("--- process 0's Python stacks (faulthandler):")[1].split("--- ")[0]
+  stacks_1 = report.split("--- process 1's Python stacks (faulthandler):")[1]
+  # faulthandler's dump: process 0 waits in the barrier, process 1 sleeps.
+  assert "(most recent call first)" in stacks_0 and "wait_for_all_processes" in stacks_0, report
+  assert "(most recent call first)" in stacks_1 and "_sleep_forever" in stacks_1, report
+  assert all(p.poll() is not None for p in running.procs)

@@ -159,15 +159,15 @@ def test_run_skips_finished_runs(tmp_path, monkeypatch):
 def test_run_stops_when_a_training_exits_without_results(tmp_path, monkeypatch):
   launched = []
 
-  class StoppedPopen:   # e.g. preempted: checkpointed, exit 0, no results.json
+  class StoppedPopen:   # e.g. preempted: checkpointed, exit 75, no results.json
     def __init__(self, argv, cwd):
       launched.append(argv)
 
     def wait(self):
-      return 0
+      return 75
 
     def poll(self):
-      return 0
+      return 75
 
   monkeypatch.setattr(runner.subprocess, "Popen", StoppedPopen)
   code = cli.main(["--table", "digits", "--seeds", "2", "--workdir", str(tmp_path),

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from hcl_jax import checks
 from hcl_jax import registry
+from hcl_jax import run_guard
 from hcl_jax import workdir_fs
 from hcl_jax.reproduce import tables
 from hcl_jax.reproduce.tables import CELLS, Cell
@@ -166,7 +167,7 @@ def run_all(runs: Sequence[Run]) -> tuple[list[Run], bool]:
 
   def on_signal(signum, frame):
     # Start nothing more. SIGTERM is forwarded to the training (it checkpoints
-    # and exits 0); a terminal's Ctrl-C already reaches it (same process group).
+    # and exits 75); a terminal's Ctrl-C already reaches it (same process group).
     stop["signal"] = signum
     if signum == signal.SIGTERM and child and child[-1].poll() is None:
       child[-1].send_signal(signal.SIGTERM)
@@ -190,8 +191,9 @@ def run_all(runs: Sequence[Run]) -> tuple[list[Run], bool]:
       code = proc.wait()
       if read_results(run.workdir) is not None:
         continue
-      if stop["signal"] is not None or code == 0:
-        # Exit 0 without results: the training was stopped (SIGTERM) and saved.
+      if stop["signal"] is not None or code in (0, run_guard.EXIT_RETRYABLE, 130):
+        # No results after a stop: the training saved and exited 75 (SIGTERM)
+        # or 130 (Ctrl-C); 0 is what an older hcl_jax exited with after SIGTERM.
         print(f"[reproduce] {run.cell.name} seed{run.seed} stopped before the end; "
               "run the same command again to resume", file=sys.stderr, flush=True)
         return failed, True
