@@ -178,19 +178,26 @@ def test_missing_host_fails_fast_with_a_clear_message(pod, tmp_path):
   assert "DEADLINE_EXCEEDED" in output, output[-2000:]
 
 
-# Process 1 sleeps where it would start its first train step (after
-# compiling it): process 0 waits for it at the barrier. Loaded by every
-# process through PYTHONPATH (sitecustomize), active on process 1 only.
+# Process 1 sleeps where it would compile its first train step: process 0
+# compiles it, says so, and waits for process 1 at the barrier. Loaded by
+# every process through PYTHONPATH (sitecustomize).
 _SLEEP_ON_PROCESS_1 = """
 import os, sys, time
+from hcl_jax import distributed, compile_sync
 if os.environ.get("JAX_PROCESS_ID") == "1":
-  from hcl_jax import compile_sync
-
   def _sleep_forever(self, *args):
     print("process 1: sleeping before its first step", flush=True)
     time.sleep(100000)
 
   compile_sync._SyncedFirstCall.__call__ = _sleep_forever
+else:
+  _wait = distributed.wait_for_all_processes
+
+  def _announced_wait(name, *args, **kwargs):
+    print(f"process 0: waiting at barrier {name}", flush=True)
+    return _wait(name, *args, **kwargs)
+
+  distributed.wait_for_all_processes = _announced_wait
 """
 
 
@@ -208,7 +215,8 @@ def test_a_hung_process_fails_within_the_bound_showing_every_stack(pod, tmp_path
       log_dir=str(tmp_path), tag="hung")
   deadline = time.monotonic() + _RUN_TIMEOUT_S
   try:
-    while "sleeping before its first step" not in running.output(1):
+    while ("sleeping before its first step" not in running.output(1)
+           or "waiting at barrier compiled:train_step" not in running.output(0)):
       assert all(p.poll() is None for p in running.procs), running.output(0)[-3000:]
       assert time.monotonic() < deadline, running.output(1)[-3000:]
       time.sleep(0.2)
