@@ -185,6 +185,8 @@ _INTERRUPT_KEY = "hcl_jax/interrupted"
 # to unwind (it may sit in a collective whose peer has gone) before it ends
 # itself.
 INTERRUPT_GRACE_S = 20.0
+# Each process says so once its handler is in place (the pod rehearsal waits for it).
+EVALUATION_GUARDED = "SIGTERM or SIGINT on any process now ends every process with exit 75"
 
 
 def exit_every_process_on_signal(phase: str) -> None:
@@ -204,6 +206,13 @@ def exit_every_process_on_signal(phase: str) -> None:
 
   On one process it does nothing: the entry point's handler
   (``run_guard.exit_on_signals_outside_training``) already exits 75.
+
+  What it cannot see: a signal that reaches a process after its training
+  loop's last preemption check and before this call (the final checkpoint's
+  save, milliseconds to seconds) is taken by JAX's preemption service and
+  not acted on; that process, and the job, then finish normally (exit 0, the
+  results written), unless the scheduler kills them first, in which case the
+  rerun evaluates again.
   """
   if jax.process_count() == 1:
     return
@@ -254,3 +263,5 @@ def exit_every_process_on_signal(phase: str) -> None:
   for signum in (signal_lib.SIGTERM, signal_lib.SIGINT):
     signal_lib.signal(signum, handler)
   threading.Thread(target=watch, name="hcl_jax-interrupt-watch", daemon=True).start()
+  print(f"Process {me} of {jax.process_count()}, {phase}: {EVALUATION_GUARDED}.",
+        file=sys.stderr, flush=True)

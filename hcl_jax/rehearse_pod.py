@@ -43,6 +43,7 @@ import tempfile
 import time
 from typing import Sequence
 
+from hcl_jax import preemption
 from hcl_jax.gcs_emulator import GcsEmulator
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -263,11 +264,10 @@ def checkpoint_steps(gcs: GcsEmulator, prefix: str) -> list[int]:
 _PROGRESS_RE = re.compile(r"^step (\d+)/\d+ ", re.MULTILINE)
 
 
-_EVALUATING = "Pre-training done; evaluating"
-
-
-def _wait_for_output(pod: Pod, ready, what: str, deadline: float) -> None:
-  while not ready(pod.output(0)):
+def _wait_for_output(pod: Pod, ready, what: str, deadline: float,
+                     processes: Sequence[int] = (0,)) -> None:
+  """Until ``ready(output)`` holds for each of ``processes``' outputs."""
+  while not all(ready(pod.output(index)) for index in processes):
     if any(p.poll() is not None for p in pod.procs) or _crashed(pod):
       wait_pod(pod, timeout_s=60)
       raise RehearsalError(f"the run ended before {what}; nothing was preempted")
@@ -277,10 +277,13 @@ def _wait_for_output(pod: Pod, ready, what: str, deadline: float) -> None:
 
 
 def preempt_evaluation(pod: Pod, targets: Sequence[int], *, timeout_s: float) -> None:
-  """SIGTERM to ``targets`` once process 0 says it evaluates; raises
+  """SIGTERM to ``targets`` once every process says it evaluates; raises
   RehearsalError unless every process then exits 75 with the one line."""
   deadline = time.monotonic() + timeout_s
-  _wait_for_output(pod, lambda text: _EVALUATING in text, "evaluation", deadline)
+  # Each process's own line: process 0's progress line comes before the
+  # slower processes have left training (a SIGTERM there is JAX's).
+  _wait_for_output(pod, lambda text: preemption.EVALUATION_GUARDED in text, "evaluation",
+                   deadline, processes=range(len(pod.procs)))
   for index in targets:
     pod.procs[index].send_signal(signal.SIGTERM)
   codes = wait_pod(pod, timeout_s=max(60.0, deadline - time.monotonic()), expected=(0, 75))
