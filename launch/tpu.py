@@ -480,17 +480,23 @@ def run_script(args: argparse.Namespace) -> str:
       'if [ -z "$REL" ] || [ ! -x "$REL/.venv/bin/python" ]; then echo "no '
       'hcl_jax release on $(hostname): run setup first" >&2; exit 1; fi',
       'cd "$REL"',
+      # A retried ssh (gcloud retries on exit 255, e.g. a dropped connection
+      # after the start) finds the first start's trainer: not a second one.
+      f'if [ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then echo '
+      f'"hcl_jax training already running (pid $(cat {pid})) on $(hostname): '
+      'not starting a second"; exit 0; fi',
       f'echo "=== start $(date -u +%FT%TZ) on $(hostname), $REL ===" >> {log}',
       # setsid: its own session, so a dropped ssh (SIGHUP) can't reach it
       # and stop can signal its whole process group; nohup for good measure.
-      f'setsid nohup sh "$REL/launch/worker_run.sh" {log} '
+      # worker_run.sh writes the pid file itself (noclobber: one trainer).
+      f'setsid nohup sh "$REL/launch/worker_run.sh" --pid-file {pid} {log} '
       f"{_remote_words([_logs_destination(args.workdir)])} "
       # The absolute python path marks the process as ours (preflight).
       f'{LOG_COPY_SECONDS} -- env PYTHONUNBUFFERED=1 "$REL/.venv/bin/python" '
       f"{_remote_words(train_command(args)[1:])} >> {log} 2>&1 < /dev/null &",
-      f"echo $! > {pid}",
-      f'echo "started hcl_jax training (pid $!) on $(hostname), log '
-      f'{REMOTE_LOG}"',
+      f"for _ in $(seq 50); do [ -s {pid} ] && break; sleep 0.1; done",
+      f'echo "started hcl_jax training (pid $(cat {pid} 2>/dev/null || echo $!)) on '
+      f'$(hostname), log {REMOTE_LOG}"',
   ])
 
 

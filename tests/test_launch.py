@@ -320,10 +320,10 @@ def test_run_on_a_pod_slice(capsys):
                    "--config.data_dir=gs://bkt/tfds",
                    "--config.batch_size=1024"]
   wrapper = words[words.index("sh") + 1:words.index("--")]
-  assert wrapper == ["$REL/launch/worker_run.sh", "$HOME/hcl_jax_run/train.log",
-                     "gs://bkt/hcl/run1/logs", str(tpu.LOG_COPY_SECONDS)]
+  assert wrapper == ["$REL/launch/worker_run.sh", "--pid-file", "$HOME/hcl_jax_run/train.pid",
+                     "$HOME/hcl_jax_run/train.log", "gs://bkt/hcl/run1/logs",
+                     str(tpu.LOG_COPY_SECONDS)]
   assert words[-4:] == ["2>&1", "<", "/dev/null", "&"]
-  assert 'echo $! > "$HOME/hcl_jax_run/train.pid"' in script
   assert any("4 hosts" in n for n in notes)
   assert any("checked for 16 devices" in n for n in notes)
 
@@ -712,6 +712,119 @@ def test_worker_log_is_copied_to_the_workdir(tmp_path):
     assert "trainer got TERM" in text and "=== exit 0" in text
   finally:
     _kill_group(wrapper.pid)
+
+
+# Exits at once on SIGTERM with the status given as $1: the case in which the
+# old wrapper's `wait` (interrupted by its trap) reported 143 although the
+# trainer had already exited 0 (issue 24).
+QUICK_TRAINER = """#!/bin/sh
+trap 'exit $1' TERM
+echo "quick trainer up"
+while :; do sleep 0.05; done
+"""
+
+
+def _rel_with_python(tmp_path: pathlib.Path) -> pathlib.Path:
+  rel = tmp_path / "rel"
+  (rel / ".venv" / "bin").mkdir(parents=True)
+  (rel / ".venv" / "bin" / "python").write_text(
+      f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+  (rel / ".venv" / "bin" / "python").chmod(0o755)
+  return rel
+
+
+def _start_wrapper(rel, log, dest, *command, pid_file=None):
+  pid_args = ["--pid-file", str(pid_file)] if pid_file else []
+  return subprocess.Popen(
+      ["sh", str(REPO_ROOT / "launch" / "worker_run.sh"), *pid_args, str(log), str(dest),
+       "100", "--", *command], cwd=rel,
+      stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.parametrize("status", [0, 75])
+def test_worker_run_reports_the_trainers_status_after_a_sigterm(tmp_path, status):
+  """Five SIGTERMs to the group of a trainer that exits at once with
+  ``status``: the wrapper returns that status every time (with the old
+  ``wait``/``kill -0`` it returned 143 in most of these)."""
+  rel = _rel_with_python(tmp_path)
+  trainer = tmp_path / "quick.sh"
+  trainer.write_text(QUICK_TRAINER)
+  for attempt in range(5):
+    log = tmp_path / f"train{attempt}.log"
+    wrapper = _start_wrapper(rel, log, tmp_path / "logs", "sh", str(trainer), str(status))
+    try:
+      assert _wait_for(lambda: "quick trainer up" in log.read_text(), 20)
+      os.killpg(wrapper.pid, signal.SIGTERM)
+      assert wrapper.wait(timeout=20) == status, log.read_text()
+      assert f"=== exit {status} " in log.read_text()
+    finally:
+      _kill_group(wrapper.pid)
+
+
+def test_worker_run_returns_a_failed_trainers_status(tmp_path):
+  rel = _rel_with_python(tmp_path)
+  log = tmp_path / "train.log"
+  wrapper = _start_wrapper(rel, log, tmp_path / "logs", "sh", "-c", "exit 7")
+  assert wrapper.wait(timeout=30) == 7
+  assert "=== exit 7 " in log.read_text()
+
+
+def test_worker_run_refuses_a_second_trainer_while_one_lives(tmp_path):
+  """--pid-file: a second start beside a live one exits 3 and starts
+  nothing; the first keeps its pid file; after it ends the file is gone and
+  a pid file naming a dead process does not block the next start."""
+  rel = _rel_with_python(tmp_path)
+  trainer = tmp_path / "quick.sh"
+  trainer.write_text(QUICK_TRAINER)
+  pid_file = tmp_path / "train.pid"
+  log = tmp_path / "train.log"
+  first = _start_wrapper(rel, log, tmp_path / "logs", "sh", str(trainer), "0",
+                         pid_file=pid_file)
+  try:
+    assert _wait_for(lambda: "quick trainer up" in log.read_text(), 20)
+    assert pid_file.read_text().strip() == str(first.pid)
+    second = _start_wrapper(rel, log, tmp_path / "logs", "sh", str(trainer), "0",
+                            pid_file=pid_file)
+    assert second.wait(timeout=20) == 3
+    assert f"already running (pid {first.pid})" in log.read_text()
+    assert log.read_text().count("quick trainer up") == 1
+    os.killpg(first.pid, signal.SIGTERM)
+    assert first.wait(timeout=20) == 0
+    assert not pid_file.exists()
+  finally:
+    _kill_group(first.pid)
+  pid_file.write_text("999999999\n")   # no such process: a run killed hard
+  third = _start_wrapper(rel, log, tmp_path / "logs", "sh", "-c", "exit 0", pid_file=pid_file)
+  assert third.wait(timeout=30) == 0
+  assert not pid_file.exists()
+
+
+def test_a_retried_run_ssh_does_not_start_a_second_trainer(tmp_path):
+  """gcloud's ssh retries the run command when ssh exits 255; the retry runs
+  the same script again on the worker: it finds the first trainer, says so,
+  exits 0 and starts nothing."""
+  rel = _release(tmp_path, "r1")
+  args = tpu.parse_args(["run", "--name", "t", "--zone", ZONE, "--config",
+                         "configs/digits.py", "--workdir", str(tmp_path / "workdir"),
+                         "--local-workdir-ok"])
+  log = tmp_path / "hcl_jax_run" / "train.log"
+  pid_file = tmp_path / "hcl_jax_run" / "train.pid"
+  started = _sh(tpu.run_script(args), tmp_path)
+  assert started.returncode == 0, started.stderr
+  pid = int(pid_file.read_text())
+  try:
+    assert f"started hcl_jax training (pid {pid})" in started.stdout
+    assert _wait_for(lambda: "trainer args" in log.read_text())
+    retried = _sh(tpu.run_script(args), tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert f"already running (pid {pid})" in retried.stdout
+    time.sleep(1)
+    assert log.read_text().count("trainer args") == 1
+    assert int(pid_file.read_text()) == pid
+    assert _sh(tpu.stop_script(10), tmp_path).returncode == 0
+  finally:
+    _kill_group(pid)
+  assert rel.exists()
 
 
 FAKE_PYTHON311 = """#!/bin/sh
