@@ -11,6 +11,8 @@ Writes the JobSet manifest (``--manifest``, default ``NAME.jobset.yaml``) and
 prints, one per line, the commands to apply it, follow its logs and delete
 it with kubectl, and the equivalent ``xpk workload create`` line. With
 ``--apply`` it runs ``kubectl apply`` (the others are printed for later).
+``--dry-run`` prints the manifest and the commands, and writes and runs
+nothing.
 
 What the manifest holds, and why (``jobset_manifest``):
 
@@ -289,8 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--cluster", help="For the xpk line.")
   parser.add_argument("--zone", help="For the xpk line.")
   parser.add_argument("--project", help="For the xpk line.")
-  parser.add_argument("--apply", action="store_true",
-                      help="Run kubectl apply (else only print the commands).")
+  run = parser.add_mutually_exclusive_group()
+  run.add_argument("--apply", action="store_true",
+                   help="Run kubectl apply (else only print the commands).")
+  run.add_argument("--dry-run", action="store_true",
+                   help="Print the manifest and the commands; write and run nothing.")
   return parser
 
 
@@ -326,12 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   manifest = jobset_manifest(name=args.name, image=args.image, where=where, command=command,
                              max_restarts=args.max_restarts, grace_seconds=args.grace_seconds)
   path = args.manifest or f"{args.name}.jobset.yaml"
-  pathlib.Path(path).write_text(to_yaml(manifest))
+  if args.dry_run:
+    print(f"# {path} (not written: --dry-run)")
+    print(to_yaml(manifest), end="")
+    print("---")
+  else:
+    pathlib.Path(path).write_text(to_yaml(manifest))
   planned = commands(name=args.name, manifest_path=path, namespace=args.namespace,
                      cluster=args.cluster, zone=args.zone, project=args.project,
                      image=args.image, where=where, command=command,
                      max_restarts=args.max_restarts)
-  print(f"# wrote {path}: JobSet {args.name}, {where.hosts} pod(s) x {where.per_host} "
+  print(f"# {'would write' if args.dry_run else 'wrote'} {path}: JobSet {args.name}, {where.hosts} pod(s) x {where.per_host} "
         f"{where.resource}")
   for key in ("apply", "logs", "delete"):
     print(shlex.join(planned[key]))
