@@ -96,9 +96,10 @@ class ClockRunner(tpu.Runner):
 
 
 def calls(state_path) -> list[str]:
-  """The fake's calls as short verbs: 'tpu-vm create', 'storage ls'."""
+  """The fake's calls as short verbs: 'tpu-vm create', 'storage ls' (without
+  the launcher's `gcloud version` check before its first call)."""
   return [" ".join(c[2:4]) if c[0] == "compute" else " ".join(c[:2])
-          for c in fake_gcloud.load(state_path)["calls"]]
+          for c in fake_gcloud.load(state_path)["calls"] if c[:1] != ["version"]]
 
 
 def assert_nothing_rejected(state_path):
@@ -549,6 +550,122 @@ def test_watch_gives_up_after_max_recoveries(gcloud, capsys):
   assert calls(gcloud).count("tpu-vm create") == 1
   assert "--max-recoveries 1 is used up" in capsys.readouterr().err
 
+
+# --- gcloud behaviours the fake models (issue 27) ------------------------------
+
+def test_an_old_gcloud_is_refused_before_any_tpu_call(gcloud, capsys):
+  fake_gcloud.update(gcloud, sdk_version="450.0.0")
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=ClockRunner()) == 1
+  err = capsys.readouterr().err
+  assert "gcloud 450.0.0 is older than 500.0.0" in err and "gcloud components update" in err
+  assert calls(gcloud) == []
+  fake_gcloud.update(gcloud, sdk_version="500.0.0")
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=ClockRunner()) == 0
+  assert calls(gcloud) == ["tpu-vm create"]
+
+
+@pytest.mark.parametrize("text, version", [
+    ('{"Google Cloud SDK": "530.0.1", "core": "2026.12.01"}', (530, 0, 1)),
+    ('{"core": "2026.12.01"}', None), ("not json", None)])
+def test_parse_gcloud_version(text, version):
+  assert tpu.parse_gcloud_version(text) == version
+
+
+def test_a_failing_worker_fails_the_run_with_a_current_gcloud(gcloud, capsys):
+  """gcloud >= the floor returns the failing worker's status for
+  --worker=all; an old one returned 0 (the fake models both), which the
+  version check refuses."""
+  runner = ClockRunner()
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=runner) == 0
+  fake_gcloud.update(gcloud, worker_exit={"2": 1})
+  assert tpu.main(["run", *[a for a in WATCH_ARGS if a != "--spot"]], runner=runner) == 1
+  assert "command failed (exit 1)" in capsys.readouterr().err
+  assert calls(gcloud) == ["tpu-vm create", "tpu-vm ssh"]   # preflight failed: no start
+
+
+def test_a_retried_ssh_reruns_the_start_script_and_it_starts_one_trainer(gcloud, tmp_path):
+  """The fake's ssh drops after the start script ran, and gcloud runs it
+  again; the two recorded runs of worker 0's script, executed in order on
+  this machine, leave one trainer."""
+  runner = ClockRunner()
+  assert tpu.main(["create", "--name", "w", "--zone", ZONE, "--accelerator-type", "v4-8"],
+                  runner=runner) == 0
+  fake_gcloud.update(gcloud, ssh_drops=1, ssh_drop_match="worker_run.sh")
+  assert tpu.main(["run", "--name", "w", "--zone", ZONE, "--accelerator-type", "v4-8",
+                   *RUN_ARGS, "--skip-config-check"], runner=runner) == 0
+  scripts = [s["command"] for s in _started_trainings(gcloud, "w") if s["worker"] == 0]
+  assert len(scripts) == 2 and scripts[0] == scripts[1]
+  home = tmp_path / "home"
+  home.mkdir()
+  _release(home, "r1")
+  first = _sh(scripts[0], home)
+  pid = int((home / "hcl_jax_run" / "train.pid").read_text())
+  try:
+    assert first.returncode == 0, first.stderr
+    log = home / "hcl_jax_run" / "train.log"
+    assert _wait_for(lambda: "trainer args" in log.read_text())
+    second = _sh(scripts[1], home)
+    assert second.returncode == 0 and "already running" in second.stdout
+    time.sleep(1)
+    assert log.read_text().count("trainer args") == 1
+  finally:
+    _kill_group(pid)
+
+
+def test_ssh_key_not_in_agent_fails_the_command(gcloud, capfd):
+  runner = ClockRunner()
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=runner) == 0
+  fake_gcloud.update(gcloud, ssh_key_not_in_agent=True)
+  assert tpu.main(["stop", "--name", "w", "--zone", ZONE], runner=runner) == 1
+  err = capfd.readouterr().err
+  assert "SSHKeyNotInAgent" in err and "command failed (exit 1)" in err
+
+
+def test_watch_waits_through_the_queued_states(gcloud):
+  """CREATING, ACCEPTED, WAITING_FOR_RESOURCES, PROVISIONING: waited for,
+  neither dead nor ready; setup starts only at ACTIVE."""
+  fake_gcloud.update(gcloud, stockouts=1)   # one describe waiting for resources
+  runner = ClockRunner(on_sleep=_finish_once_training_started(gcloud))
+  assert tpu.main(["watch", *WATCH_ARGS, "--queued", "--deadline", "1d"],
+                  runner=runner) == 0
+  waits = [n for n in runner.notes if ": waiting for ACTIVE to setup" in n]
+  assert [w.split("watch w: ")[1].split(":")[0] for w in waits] == [
+      "CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING"]
+  create = [c for c in fake_gcloud.load(gcloud)["calls"] if c[:4] == [
+      "compute", "tpus", "queued-resources", "create"]]
+  assert [a for a in create[0] if a.startswith("--valid-until")] == [
+      "--valid-until-duration=24h"]
+  assert_nothing_rejected(gcloud)
+
+
+def test_queued_create_valid_until_duration(capsys):
+  _, (create,) = dry_run(capsys, "create", "--name", "q", "--zone", ZONE, "--accelerator-type",
+                         "v4-32", "--queued", "--valid-until-duration", "6h")
+  assert option(create, "--valid-until-duration") == "6h"
+  with pytest.raises(SystemExit):
+    tpu.main(["--dry-run", "create", "--name", "q", "--zone", ZONE, "--accelerator-type",
+              "v4-32", "--queued", "--valid-until-duration", "forever"])
+  assert "--valid-until-duration 'forever'" in capsys.readouterr().err
+
+
+def test_internal_ip_notes_cloud_nat(capsys):
+  notes, _ = dry_run(capsys, "create", "--name", "q", "--zone", ZONE, "--accelerator-type",
+                     "v4-8", "--internal-ip")
+  assert any("Cloud NAT" in n and "PyPI" in n for n in notes)
+
+
+def test_watch_reports_a_storage_error_instead_of_not_finished(gcloud):
+  fake_gcloud.update(gcloud, storage_error="AccessDeniedException: 403 caller does not have "
+                     "storage.objects.list access")
+  runner = ClockRunner()
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=runner) == 0
+  fake_gcloud.preempt(gcloud, "w")
+  runner = ClockRunner()
+  assert tpu.main(["watch", *WATCH_ARGS, "--max-recoveries", "0", "--deadline", "1d"],
+                  runner=runner) == 1
+  assert any("gcloud storage ls gs://bkt/hcl/run1/results.json failed (exit 1), cannot tell "
+             "whether the run finished: ERROR: (gcloud.storage.ls) AccessDeniedException: 403"
+             in n for n in runner.notes), runner.notes
 
 def test_cli_as_a_script(gcloud):
   done = subprocess.run(
