@@ -35,8 +35,8 @@ Every multi-process start is bounded: if not every process joined within
 ``--distributed_init_timeout_s`` (env ``HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S``,
 default 120 s), the process prints one line, ``error: DistributedInitError:
 ...`` naming the coordinator, the process count and the timeout, and exits 1
-(a watchdog: JAX's own timeout ends the process with a fatal C++ log and a
-stack trace instead, and on CPU only after its RPC retries).
+(a watchdog thread: at its own deadline JAX aborts the process from C++,
+rc 134, with a DEADLINE_EXCEEDED log and a C++ stack trace that name neither).
 
 After it, ``jax.devices()`` lists every device of every process, so the mesh
 of ``hcl_jax.mesh.make_mesh()`` spans the whole slice.
