@@ -1,21 +1,42 @@
 """Multi-process runtime initialisation: one call, before JAX touches a backend.
 
 ``initialize_distributed()`` is the first thing the training entry point does.
-It picks one of three cases:
+It reads where it runs from, in this order (``detect_cluster``; the first
+that applies wins; the README's "What is read where" table lists each
+variable):
 
-* **Explicit cluster** (GPU or CPU machines): a coordinator address, the
-  number of processes and this process's id are given, as keyword arguments,
-  as the absl flags ``--coordinator_address``, ``--num_processes``,
-  ``--process_id``, ``--local_device_ids`` (defined by this module), or as the
-  environment variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
-  ``JAX_PROCESS_ID``, ``JAX_LOCAL_DEVICE_IDS`` (in that order of precedence).
-  Calls ``jax.distributed.initialize(coordinator_address=..., ...)``.
-* **Multi-host Cloud TPU VM** (a pod slice): TPU chips are attached to this VM
-  and the TPU metadata lists more than one worker, or cannot be read. Calls
-  ``jax.distributed.initialize()`` with no arguments; JAX finds the workers,
-  this worker's id and the coordinator from the TPU metadata itself.
-* **Single process** (a laptop, one GPU machine, a single-host TPU VM such as
-  v4-8): nothing to do; every local device is already in ``jax.devices()``.
+1. **Explicit cluster** (GPU or CPU machines): a coordinator address, the
+   number of processes and this process's id, as keyword arguments, as the
+   absl flags ``--coordinator_address``, ``--num_processes``,
+   ``--process_id``, ``--local_device_ids`` (defined by this module), or as the
+   environment variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+   ``JAX_PROCESS_ID``, ``JAX_LOCAL_DEVICE_IDS`` (in that order of precedence).
+2. **GKE TPU** (a JobSet pod, as xpk or ``launch/gke.py`` make): GKE injects
+   ``TPU_WORKER_HOSTNAMES`` (or ``TPU_PROCESS_ADDRESSES``) and
+   ``TPU_WORKER_ID``; multislice adds ``MEGASCALE_NUM_SLICES``,
+   ``MEGASCALE_SLICE_ID``, ``MEGASCALE_COORDINATOR_ADDRESS``. Process id,
+   count and the coordinator (worker 0, port 8482 as JAX's TPU default, or
+   ``JAX_COORDINATOR_PORT``) are computed from them as JAX's own GKE
+   detection does, but read first: the VM metadata a TPU VM would consult
+   describes the node, not the JobSet.
+3. **SLURM** (``srun`` with several tasks): ``SLURM_NTASKS``,
+   ``SLURM_PROCID``, ``SLURM_STEP_NODELIST``, ``SLURM_JOB_ID`` give the count,
+   the id and the coordinator (the step's first node, port
+   ``SLURM_JOB_ID % 4096 + 61440`` as JAX's SLURM detection, or
+   ``JAX_COORDINATOR_PORT``). One task: a single process.
+4. **Multi-host Cloud TPU VM** (a pod slice): TPU chips are attached to this VM
+   and the TPU metadata lists more than one worker, or cannot be read. Calls
+   ``jax.distributed.initialize()`` with no arguments; JAX finds the workers,
+   this worker's id and the coordinator from the TPU metadata itself.
+5. **Single process** (a laptop, one GPU machine, a single-host TPU VM such as
+   v4-8): nothing to do; every local device is already in ``jax.devices()``.
+
+Every multi-process start is bounded: if not every process joined within
+``--distributed_init_timeout_s`` (env ``HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S``,
+default 120 s), the process prints one line, ``error: DistributedInitError:
+...`` naming the coordinator, the process count and the timeout, and exits 1
+(a watchdog thread: at its own deadline JAX aborts the process from C++,
+rc 134, with a DEADLINE_EXCEEDED log and a C++ stack trace that name neither).
 
 After it, ``jax.devices()`` lists every device of every process, so the mesh
 of ``hcl_jax.mesh.make_mesh()`` spans the whole slice.
@@ -34,18 +55,23 @@ import itertools
 import logging
 import os
 import pathlib
+import re
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from absl import flags
 
 __all__ = [
+    "ClusterSpec",
     "DistributedInfo",
     "DistributedInitError",
     "ProcessesOutOfStep",
     "wait_for_all_processes",
+    "detect_cluster",
     "initialize_distributed",
     "is_cloud_tpu_vm",
     "cloud_tpu_worker_count",
@@ -69,16 +95,27 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list(
     "process (env JAX_LOCAL_DEVICE_IDS). Default: all local devices.")
 
 _INIT_TIMEOUT_S = flags.DEFINE_integer(
-    "distributed_init_timeout_s", 120,
+    "distributed_init_timeout_s", None,
     "How long jax.distributed.initialize waits for every process to join "
-    "before failing with a message naming the missing ones. JAX's own "
-    "default, 300 s, keeps healthy hosts waiting that long when one host's "
-    "process died at startup (e.g. a stale process held its TPU).")
+    "before the process ends with one line naming the coordinator, the "
+    "process count and this timeout (exit 1). Default 120 s, or env "
+    "HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S. JAX's own default, 300 s, keeps "
+    "healthy hosts waiting that long when one host's process died at startup "
+    "(e.g. a stale process held its TPU).")
+_DEFAULT_INIT_TIMEOUT_S = 120
+_ENV_INIT_TIMEOUT = "HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S"
+# JAX's own deadline is this much later than ours, so that our one-line
+# error, not JAX's fatal abort, ends a process whose peers never came.
+_JAX_DEADLINE_MARGIN_S = 60
 
 _ENV_COORDINATOR_ADDRESS = "JAX_COORDINATOR_ADDRESS"
 _ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 _ENV_PROCESS_ID = "JAX_PROCESS_ID"
 _ENV_LOCAL_DEVICE_IDS = "JAX_LOCAL_DEVICE_IDS"
+_ENV_COORDINATOR_PORT = "JAX_COORDINATOR_PORT"   # JAX's own override, honoured the same way
+# JAX's defaults (jax/_src/clusters/cloud_tpu_cluster.py, slurm_cluster.py).
+_TPU_COORDINATOR_PORT = 8482
+_SLURM_PORT_BASE, _SLURM_PORT_RANGE = 65535 - 2**12 + 1, 2**12
 
 # TPU chips are PCI devices of Google's vendor id (as jax's own detection).
 _GOOGLE_PCI_VENDOR_ID = "0x1ae0"
@@ -91,8 +128,24 @@ class DistributedInitError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+  """Where this process runs, as ``detect_cluster`` read it.
+
+  ``mode``: explicit | gke-tpu | slurm | tpu (Cloud TPU VM metadata, read by
+  JAX itself: the other fields are None) | single. ``source``: what was read,
+  for the log and for errors.
+  """
+  mode: str
+  source: str
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  local_device_ids: list[int] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DistributedInfo:
-  """How this process was set up: ``mode`` is explicit | tpu | single."""
+  """How this process was set up: ``mode`` as ``ClusterSpec.mode``."""
   mode: str
   process_index: int
   process_count: int
@@ -159,14 +212,185 @@ def _parse_device_ids(value: str | Sequence[int | str] | None
         "e.g. '0,1'.") from None
 
 
-def _pick(explicit, holder: flags.FlagHolder, env_name: str):
+def _pick(explicit, holder: flags.FlagHolder, env: Mapping[str, str], env_name: str):
   """Keyword argument, else parsed absl flag, else environment variable."""
   if explicit is not None:
     return explicit
   flag_value = _flag_value(holder)
   if flag_value is not None:
     return flag_value
-  return os.environ.get(env_name) or None
+  return env.get(env_name) or None
+
+
+def _init_timeout_s(explicit: int | None, env: Mapping[str, str]) -> int:
+  """Keyword argument, else --distributed_init_timeout_s, else env, else 120."""
+  value = _pick(explicit, _INIT_TIMEOUT_S, env, _ENV_INIT_TIMEOUT)
+  if value is None:
+    return _DEFAULT_INIT_TIMEOUT_S
+  if isinstance(value, str):
+    value = _parse_int(_ENV_INIT_TIMEOUT, value)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"initialization_timeout_s={value!r} must be an int >= 1 (seconds).")
+  return value
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int | None:
+  value = _parse_int(name, env.get(name))
+  return default if value is None else value
+
+
+def _coordinator_port(env: Mapping[str, str], default: int) -> int:
+  port = _env_int(env, _ENV_COORDINATOR_PORT, default)
+  if not 0 < port < 65536:
+    raise ValueError(f"{_ENV_COORDINATOR_PORT}={port} must be a port in [1, 65535].")
+  return port
+
+
+def _gke_tpu(env: Mapping[str, str]) -> ClusterSpec | None:
+  """GKE TPU pod: the worker list and this worker's index, as GKE injects them."""
+  names = ("TPU_PROCESS_ADDRESSES" if env.get("TPU_PROCESS_ADDRESSES")
+           else "TPU_WORKER_HOSTNAMES")
+  workers = [w.strip() for w in env.get(names, "").split(",") if w.strip()]
+  if not workers:
+    return None
+  worker_id = _env_int(env, "TPU_WORKER_ID")
+  if worker_id is None:
+    raise ValueError(f"{names} is set ({len(workers)} workers) but TPU_WORKER_ID is not: "
+                     "a GKE TPU pod has both (see the README's 'What is read where').")
+  slices = _env_int(env, "MEGASCALE_NUM_SLICES", 1)
+  slice_id = _env_int(env, "MEGASCALE_SLICE_ID", 0)
+  if not 0 <= worker_id < len(workers) or slices < 1 or not 0 <= slice_id < slices:
+    raise ValueError(f"TPU_WORKER_ID={worker_id} (of {len(workers)} workers in {names}), "
+                     f"MEGASCALE_SLICE_ID={slice_id} of MEGASCALE_NUM_SLICES={slices}: "
+                     "each id must be in [0, count).")
+  count = len(workers) * slices
+  source = f"{names} ({len(workers)} workers), TPU_WORKER_ID={worker_id}" + (
+      f", slice {slice_id} of {slices}" if slices > 1 else "")
+  if count == 1:
+    return ClusterSpec(mode="single", source=source)
+  # Worker 0 of slice 0 (JAX's choice too): "host" or "host:port" or an old
+  # "name:id:ip" endpoint; the coordinator port is JAX's, not the entry's.
+  host = env.get("MEGASCALE_COORDINATOR_ADDRESS") or workers[0]
+  host = host.split(":")[2] if host.count(":") == 2 else host.split(":")[0]
+  return ClusterSpec(
+      mode="gke-tpu", source=source,
+      coordinator_address=f"{host}:{_coordinator_port(env, _TPU_COORDINATOR_PORT)}",
+      num_processes=count, process_id=worker_id + slice_id * len(workers))
+
+
+def first_slurm_host(node_list: str) -> str:
+  """The first host of a SLURM node list: 'n1', 'n1,n2', 'n[001-004],m1',
+  'n[001,007-015]' -> 'n1', 'n1', 'n001', 'n001' (as JAX's SLURM detection)."""
+  first = node_list.split(",", 1)[0]
+  if "[" not in first:
+    return first
+  prefix, _, ranges = node_list.partition("[")
+  return prefix + re.split(r"[,\-\]]", ranges)[0]
+
+
+def _slurm(env: Mapping[str, str]) -> ClusterSpec | None:
+  """``srun`` with several tasks: SLURM's task count, rank, node list, job id."""
+  tasks = _env_int(env, "SLURM_NTASKS")
+  if tasks is None or "SLURM_JOB_ID" not in env:
+    return None
+  if tasks == 1:
+    return ClusterSpec(mode="single", source="SLURM_NTASKS=1")
+  missing = [name for name in ("SLURM_PROCID", "SLURM_STEP_NODELIST") if name not in env]
+  if missing:
+    raise ValueError(
+        f"SLURM_NTASKS={tasks} but {', '.join(missing)} unset: this is the batch script, "
+        "not one of its tasks. Start the trainer with srun (launch/slurm.py writes the "
+        "sbatch script), or pass --num_processes etc. explicitly.")
+  rank = _env_int(env, "SLURM_PROCID")
+  if not 0 <= rank < tasks:
+    raise ValueError(f"SLURM_PROCID={rank} must be in [0, SLURM_NTASKS={tasks}).")
+  job_id = _env_int(env, "SLURM_JOB_ID")
+  port = _coordinator_port(env, job_id % _SLURM_PORT_RANGE + _SLURM_PORT_BASE)
+  # Several tasks on one node share its devices: each drives the one of its
+  # local rank (JAX's SLURM rule). One task per node (launch/slurm.py): all.
+  # SLURM_STEP_TASKS_PER_NODE: "2(x3),1" = 2 tasks on each of 3 nodes, 1 on one.
+  per_node = [int(m) for m in re.findall(r"(?:^|,)(\d+)",
+                                         env.get("SLURM_STEP_TASKS_PER_NODE", "1"))]
+  local_ids = ([_env_int(env, "SLURM_LOCALID", 0)]
+               if max(per_node, default=1) > 1 else None)
+  return ClusterSpec(
+      mode="slurm",
+      source=f"SLURM_NTASKS={tasks}, SLURM_PROCID={rank}, job {job_id}",
+      coordinator_address=f"{first_slurm_host(env['SLURM_STEP_NODELIST'])}:{port}",
+      num_processes=tasks, process_id=rank, local_device_ids=local_ids)
+
+
+def _explicit(coordinator_address: str | None, num_processes: int | None,
+              process_id: int | None, local_device_ids: list[int] | None) -> ClusterSpec:
+  """Validates an explicit cluster spec."""
+  missing = [name for name, value in (
+      ("coordinator_address", coordinator_address),
+      ("num_processes", num_processes),
+      ("process_id", process_id)) if value is None]
+  if missing:
+    raise ValueError(
+        f"Incomplete multi-process setup: {', '.join(missing)} not given. "
+        "A multi-process run needs all of --coordinator_address (host:port of "
+        "process 0), --num_processes and --process_id (or the env vars "
+        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
+  host, sep, port = coordinator_address.rpartition(":")
+  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ValueError(
+        f"coordinator_address={coordinator_address!r} must be host:port, "
+        "e.g. 'host0:1234'.")
+  if num_processes < 1:
+    raise ValueError(f"num_processes={num_processes} must be >= 1.")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(
+        f"process_id={process_id} must be in [0, num_processes="
+        f"{num_processes}).")
+  source = "--coordinator_address/--num_processes/--process_id or JAX_* variables"
+  if num_processes == 1 and local_device_ids is None:
+    return ClusterSpec(mode="single", source=source)
+  return ClusterSpec(mode="explicit", source=source,
+                     coordinator_address=coordinator_address, num_processes=num_processes,
+                     process_id=process_id, local_device_ids=local_device_ids)
+
+
+def detect_cluster(
+    env: Mapping[str, str],
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids: Sequence[int] | None = None,
+    on_cloud_tpu_vm: Callable[[], bool] = lambda: is_cloud_tpu_vm(),
+    tpu_worker_count: Callable[[], int | None] = lambda: cloud_tpu_worker_count(),
+) -> ClusterSpec:
+  """Where this process runs: the first of explicit, GKE TPU, SLURM, Cloud
+  TPU VM, single process that applies (the module docstring says why this
+  order). Reads ``env``, the parsed flags and the two callables only (no
+  JAX): a pure function of them.
+
+  Raises:
+    ValueError: an incomplete or inconsistent specification (one line).
+  """
+  coordinator_address = _pick(coordinator_address, _COORDINATOR_ADDRESS, env,
+                              _ENV_COORDINATOR_ADDRESS)
+  num_processes = _parse_int(
+      "num_processes", _pick(num_processes, _NUM_PROCESSES, env, _ENV_NUM_PROCESSES))
+  process_id = _parse_int(
+      "process_id", _pick(process_id, _PROCESS_ID, env, _ENV_PROCESS_ID))
+  local_device_ids = _parse_device_ids(
+      _pick(local_device_ids, _LOCAL_DEVICE_IDS, env, _ENV_LOCAL_DEVICE_IDS))
+  if coordinator_address or num_processes is not None or process_id is not None:
+    return _explicit(coordinator_address, num_processes, process_id, local_device_ids)
+  for detect in (_gke_tpu, _slurm):
+    spec = detect(env)
+    if spec is not None:
+      return spec
+  if on_cloud_tpu_vm():
+    workers = tpu_worker_count()
+    if (workers or 2) > 1:   # None: metadata unreadable, see cloud_tpu_worker_count
+      return ClusterSpec(mode="tpu", source=f"Cloud TPU VM metadata ({workers or '?'} workers)",
+                         num_processes=workers)
+    return ClusterSpec(mode="single", source="Cloud TPU VM metadata (1 worker)")
+  return ClusterSpec(mode="single", source="no cluster variables")
 
 
 def initialize_distributed(
@@ -190,121 +414,107 @@ def initialize_distributed(
     process_id: this process's id, ``0 <= process_id < num_processes``.
     local_device_ids: the local devices this process drives (default all).
     initialization_timeout_s: how long to wait for every process to join
-      (default ``--distributed_init_timeout_s``, 120 s).
+      (default ``--distributed_init_timeout_s``, else env
+      HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S, else 120 s). Past it the process
+      prints ``error: DistributedInitError: ...`` and exits 1.
 
   Returns:
-    A DistributedInfo: mode ("explicit", "tpu" or "single"), process index
-    and count, local and global device counts.
+    A DistributedInfo: mode (``ClusterSpec.mode``), process index and
+    count, local and global device counts.
 
   Raises:
-    ValueError: an incomplete or inconsistent explicit cluster specification.
-    DistributedInitError: not every process joined within the timeout, or
-      the coordinator could not be reached (one line naming the cause).
+    ValueError: an incomplete or inconsistent cluster specification.
+    DistributedInitError: jax.distributed.initialize raised (one line).
   """
   import jax  # here, not at import: `--help` and config errors come before JAX starts
-  if initialization_timeout_s is None:
-    initialization_timeout_s = _flag_value(_INIT_TIMEOUT_S) or _INIT_TIMEOUT_S.default
-  if (isinstance(initialization_timeout_s, bool)
-      or not isinstance(initialization_timeout_s, int) or initialization_timeout_s < 1):
-    raise ValueError(f"initialization_timeout_s={initialization_timeout_s!r} must be an int "
-                     ">= 1 (seconds).")
-  coordinator_address = _pick(coordinator_address, _COORDINATOR_ADDRESS,
-                              _ENV_COORDINATOR_ADDRESS)
-  num_processes = _parse_int(
-      "num_processes", _pick(num_processes, _NUM_PROCESSES, _ENV_NUM_PROCESSES))
-  process_id = _parse_int(
-      "process_id", _pick(process_id, _PROCESS_ID, _ENV_PROCESS_ID))
-  local_device_ids = _parse_device_ids(
-      _pick(local_device_ids, _LOCAL_DEVICE_IDS, _ENV_LOCAL_DEVICE_IDS))
-
-  if jax.distributed.is_initialized():
-    mode = "explicit" if coordinator_address else "tpu"
-  elif coordinator_address or num_processes is not None or process_id is not None:
-    mode = _initialize_explicit(coordinator_address, num_processes, process_id,
-                                local_device_ids, initialization_timeout_s)
-  elif is_cloud_tpu_vm() and (cloud_tpu_worker_count() or 2) > 1:
-    # A pod slice (or metadata we could not read: see cloud_tpu_worker_count).
-    _call_initialize(initialization_timeout_s, {})
-    mode = "tpu"
-  else:
-    mode = "single"
+  timeout_s = _init_timeout_s(initialization_timeout_s, os.environ)
+  spec = detect_cluster(os.environ, coordinator_address=coordinator_address,
+                        num_processes=num_processes, process_id=process_id,
+                        local_device_ids=local_device_ids)
+  if not jax.distributed.is_initialized():   # else a second call: report only
+    if spec.mode in ("explicit", "gke-tpu", "slurm"):
+      # Cross-process CPU collectives (psum over hosts) need an
+      # implementation; gloo is the default in jax 0.10 but was not always.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      _call_initialize(timeout_s, spec, dict(
+          coordinator_address=spec.coordinator_address,
+          num_processes=spec.num_processes,
+          process_id=spec.process_id,
+          local_device_ids=spec.local_device_ids,
+      ))
+    elif spec.mode == "tpu":
+      _call_initialize(timeout_s, spec, {})
 
   info = DistributedInfo(
-      mode=mode,
+      mode=spec.mode,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       local_device_count=jax.local_device_count(),
       global_device_count=jax.device_count(),
   )
   logger.info(
-      "JAX runtime (%s): process %d of %d, %d local / %d global devices: %s",
-      info.mode, info.process_index, info.process_count,
+      "JAX runtime (%s, from %s): process %d of %d, %d local / %d global devices: %s",
+      info.mode, spec.source, info.process_index, info.process_count,
       info.local_device_count, info.global_device_count,
       ", ".join(str(d) for d in jax.local_devices()))
   return info
 
 
-def _initialize_explicit(coordinator_address: str | None,
-                         num_processes: int | None, process_id: int | None,
-                         local_device_ids: list[int] | None,
-                         initialization_timeout_s: int) -> str:
-  """Validates an explicit cluster spec and initialises; returns the mode."""
-  import jax  # here, not at import: `--help` and config errors come before JAX starts
-  missing = [name for name, value in (
-      ("coordinator_address", coordinator_address),
-      ("num_processes", num_processes),
-      ("process_id", process_id)) if value is None]
-  if missing:
-    raise ValueError(
-        f"Incomplete multi-process setup: {', '.join(missing)} not given. "
-        "A multi-process run needs all of --coordinator_address (host:port of "
-        "process 0), --num_processes and --process_id (or the env vars "
-        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
-  host, sep, port = coordinator_address.rpartition(":")
-  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-    raise ValueError(
-        f"coordinator_address={coordinator_address!r} must be host:port, "
-        "e.g. 'host0:1234'.")
-  if num_processes < 1:
-    raise ValueError(f"num_processes={num_processes} must be >= 1.")
-  if not 0 <= process_id < num_processes:
-    raise ValueError(
-        f"process_id={process_id} must be in [0, num_processes="
-        f"{num_processes}).")
-  if num_processes == 1 and local_device_ids is None:
-    return "single"
-  # Cross-process CPU collectives (psum over hosts) need an implementation;
-  # gloo is the default in jax 0.10 but was not always.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  _call_initialize(initialization_timeout_s, dict(
-      coordinator_address=coordinator_address,
-      num_processes=num_processes,
-      process_id=process_id,
-      local_device_ids=local_device_ids,
-  ))
-  return "explicit"
+def _describe(spec: ClusterSpec) -> str:
+  """'process 0 of 2, coordinator host:port' (what the error lines name)."""
+  if spec.coordinator_address is None:   # tpu: JAX reads the metadata itself
+    count = spec.num_processes if spec.num_processes else "?"
+    return f"process ? of {count}, coordinator from the Cloud TPU VM metadata"
+  return (f"process {spec.process_id} of {spec.num_processes}, "
+          f"coordinator {spec.coordinator_address}")
 
 
-def _call_initialize(timeout_s: int, kwargs: dict) -> None:
-  """jax.distributed.initialize, announced first with its deadline.
+def _exit_when_not_joined(joined: threading.Event, timeout_s: int, spec: ClusterSpec) -> None:
+  """The watchdog's body: one line and exit 1 unless ``joined`` within
+  ``timeout_s``. os._exit: the main thread is inside JAX's C++ connect (it
+  releases the GIL), which no Python exception can interrupt."""
+  if joined.wait(timeout_s):
+    return
+  line = (f"error: DistributedInitError: {_describe(spec)} ({spec.mode}: {spec.source}): "
+          f"not all {spec.num_processes or '?'} processes joined within {timeout_s} s. A "
+          "host did not start this run or exited first (see its log; e.g. a stale process "
+          "held its TPU). --distributed_init_timeout_s (env "
+          f"{_ENV_INIT_TIMEOUT}) sets the wait.")
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  print(line, file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access
 
-  When a process does not join in time, JAX's C++ client ends this process
-  itself (a fatal "DEADLINE_EXCEEDED ... RegisterTask" log line, no Python
-  exception), so the line printed before it is what explains the wait.
+
+def _call_initialize(timeout_s: int, spec: ClusterSpec, kwargs: dict) -> None:
+  """jax.distributed.initialize, announced first and bounded by a watchdog.
+
+  JAX gets a later deadline than the watchdog's: when a process does not join
+  in time, JAX's C++ client ends this process itself with a fatal
+  "DEADLINE_EXCEEDED ... RegisterTask" log and a C++ stack trace (no Python
+  exception), which names neither the coordinator nor the process count.
   """
   import jax  # here, not at import: `--help` and config errors come before JAX starts
-  where = (f"process {kwargs['process_id']} of {kwargs['num_processes']}, coordinator "
-           f"{kwargs['coordinator_address']}" if kwargs else "Cloud TPU pod slice")
-  print(f"jax.distributed.initialize ({where}): waiting up to {timeout_s} s for every "
-        "process to join; if this process then dies with DEADLINE_EXCEEDED, a host did "
-        "not start this run or exited first (see its log; e.g. a stale process held its "
-        "TPU). --distributed_init_timeout_s sets the wait.", file=sys.stderr, flush=True)
+  print(f"jax.distributed.initialize ({_describe(spec)}; {spec.mode}): waiting up to "
+        f"{timeout_s} s for every process to join.", file=sys.stderr, flush=True)
+  joined = threading.Event()
+  watchdog = threading.Thread(target=_exit_when_not_joined, args=(joined, timeout_s, spec),
+                              name="distributed-init-watchdog", daemon=True)
+  watchdog.start()
+  started = time.monotonic()
   try:
-    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s)
+    jax.distributed.initialize(**kwargs,
+                               initialization_timeout=timeout_s + _JAX_DEADLINE_MARGIN_S)
   except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError etc.)
     detail = " ".join(str(e).split())[:400]
     raise DistributedInitError(
-        f"jax.distributed.initialize ({where}) failed within {timeout_s} s: {detail}") from e
+        f"jax.distributed.initialize ({_describe(spec)}) failed after "
+        f"{time.monotonic() - started:.0f} s (timeout {timeout_s} s): {detail}") from e
+  finally:
+    joined.set()
 
 
 class ProcessesOutOfStep(RuntimeError):

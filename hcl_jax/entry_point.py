@@ -69,7 +69,7 @@ def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],
     try:
       info = distributed.initialize_distributed()
     except distributed.DistributedInitError as e:
-      raise run_guard.RunError(str(e)) from None
+      raise run_guard.RunError(f"DistributedInitError: {e}") from None
     with ProcessLog(workdir, info.process_index):
       print(f"Process {info.process_index} of {info.process_count} ({info.mode}): "
             f"{info.local_device_count} of {info.global_device_count} devices.", flush=True)

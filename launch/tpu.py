@@ -70,6 +70,16 @@ STALE_GRACE_SECONDS = 30   # for a stale training to exit after SIGTERM
 # jax's TPU wheels (libtpu) index, as in Google's JAX-on-TPU instructions.
 LIBTPU_FIND_LINKS = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 PYTHON = "python3.11"   # pyproject: requires-python >= 3.11
+# The oldest Google Cloud SDK this launcher accepts. A floor, not a measured
+# boundary: its commands were checked against the gcloud reference of
+# 2026-12, and old releases are known to differ where it matters (a
+# `tpu-vm ssh --worker=all` that returned 0 although a worker's command
+# failed; `gcloud storage` and queued resources' --valid-until-duration
+# missing). 500.0.0 (Nov 2024) has all of these. `gcloud components update`.
+MIN_GCLOUD_VERSION = (500, 0, 0)
+# A queued resource not provisioned by then is dropped instead of waiting
+# forever (gcloud's --valid-until-duration; watch then creates a new one).
+DEFAULT_QUEUE_VALID_FOR = "24h"
 
 _NAME_RE = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 _ZONE_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
@@ -308,7 +318,8 @@ def create_commands(args: argparse.Namespace) -> list[list[str]]:
   flags += list(args.create_arg)
   if args.queued:
     return [_gcloud_queued("create", args, f"--node-id={args.name}",
-                           f"--runtime-version={version}", *flags)]
+                           f"--runtime-version={version}",
+                           f"--valid-until-duration={args.valid_until_duration}", *flags)]
   return [_gcloud_tpu("create", args, f"--version={version}", *flags)]
 
 
@@ -480,17 +491,23 @@ def run_script(args: argparse.Namespace) -> str:
       'if [ -z "$REL" ] || [ ! -x "$REL/.venv/bin/python" ]; then echo "no '
       'hcl_jax release on $(hostname): run setup first" >&2; exit 1; fi',
       'cd "$REL"',
+      # A retried ssh (gcloud retries on exit 255, e.g. a dropped connection
+      # after the start) finds the first start's trainer: not a second one.
+      f'if [ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then echo '
+      f'"hcl_jax training already running (pid $(cat {pid})) on $(hostname): '
+      'not starting a second"; exit 0; fi',
       f'echo "=== start $(date -u +%FT%TZ) on $(hostname), $REL ===" >> {log}',
       # setsid: its own session, so a dropped ssh (SIGHUP) can't reach it
       # and stop can signal its whole process group; nohup for good measure.
-      f'setsid nohup sh "$REL/launch/worker_run.sh" {log} '
+      # worker_run.sh writes the pid file itself (noclobber: one trainer).
+      f'setsid nohup sh "$REL/launch/worker_run.sh" --pid-file {pid} {log} '
       f"{_remote_words([_logs_destination(args.workdir)])} "
       # The absolute python path marks the process as ours (preflight).
       f'{LOG_COPY_SECONDS} -- env PYTHONUNBUFFERED=1 "$REL/.venv/bin/python" '
       f"{_remote_words(train_command(args)[1:])} >> {log} 2>&1 < /dev/null &",
-      f"echo $! > {pid}",
-      f'echo "started hcl_jax training (pid $!) on $(hostname), log '
-      f'{REMOTE_LOG}"',
+      f"for _ in $(seq 50); do [ -s {pid} ] && break; sleep 0.1; done",
+      f'echo "started hcl_jax training (pid $(cat {pid} 2>/dev/null || echo $!)) on '
+      f'$(hostname), log {REMOTE_LOG}"',
   ])
 
 
@@ -583,6 +600,17 @@ def new_tpu_commands(*, name: str, zone: str, accelerator_type: str, config: str
 # Running commands (or printing them).
 
 
+def parse_gcloud_version(version_json: str) -> tuple[int, ...] | None:
+  """``gcloud version --format=json`` -> (major, minor, patch), or None."""
+  import json
+  try:
+    text = json.loads(version_json).get("Google Cloud SDK", "")
+  except (ValueError, AttributeError):
+    return None
+  match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", str(text).strip())
+  return tuple(int(g) for g in match.groups()) if match else None
+
+
 class Runner:
   """Runs commands; with dry_run, prints them shell-quoted instead."""
 
@@ -595,10 +623,36 @@ class Runner:
       print(f"# {line}", file=self.out if self.dry_run else sys.stderr,
             flush=True)
 
+  _gcloud_checked = False
+
+  def _check_gcloud(self, cmd: Sequence[str]) -> None:
+    """Before the first real gcloud call: refuse a gcloud older than
+    MIN_GCLOUD_VERSION (one line naming both versions)."""
+    if self.dry_run or cmd[:1] != ["gcloud"] or self._gcloud_checked:
+      return
+    self._gcloud_checked = True
+    try:
+      done = subprocess.run(["gcloud", "version", "--format=json"], capture_output=True,
+                            text=True)
+    except FileNotFoundError:
+      raise LaunchError("gcloud not found: install it "
+                        "(https://cloud.google.com/sdk/docs/install)") from None
+    version = parse_gcloud_version(done.stdout) if done.returncode == 0 else None
+    if version is None:
+      raise LaunchError(f"`gcloud version --format=json` failed (exit {done.returncode}) or "
+                        f"named no Google Cloud SDK version: {done.stderr.strip()[:200]}")
+    if version < MIN_GCLOUD_VERSION:
+      raise LaunchError(
+          f"gcloud {'.'.join(map(str, version))} is older than "
+          f"{'.'.join(map(str, MIN_GCLOUD_VERSION))}, the oldest this launcher accepts "
+          "(older ones can report success although a worker failed): gcloud components "
+          "update")
+
   def run(self, cmd: Sequence[str]) -> None:
     if self.dry_run:
       print(shlex.join(cmd), file=self.out, flush=True)
       return
+    self._check_gcloud(cmd)
     self.note(f"running: {shlex.join(cmd)}")
     try:
       code = subprocess.call(list(cmd))
@@ -613,6 +667,7 @@ class Runner:
     if self.dry_run:
       print(shlex.join(cmd), file=self.out, flush=True)
       return 0, "", ""
+    self._check_gcloud(cmd)
     try:
       done = subprocess.run(list(cmd), capture_output=True, text=True)
     except FileNotFoundError:
@@ -692,8 +747,15 @@ def _validate_run(args: argparse.Namespace, accel: Accelerator | None,
                " (pass --accelerator-type to check the batch split too)"))
 
 
+INTERNAL_IP_NOTE = ("--internal-ip: the workers have no external IP; setup needs Cloud NAT "
+                    "on their subnetwork's region to reach PyPI, and the run needs Private "
+                    "Google Access (or NAT) for gs://")
+
+
 def cmd_create(runner: Runner, args: argparse.Namespace) -> None:
   _header(runner, args)
+  if args.internal_ip:
+    runner.note(INTERNAL_IP_NOTE)
   for cmd in create_commands(args):
     runner.run(cmd)
 
@@ -774,10 +836,19 @@ class _Watch:
     return None, ""
 
   def finished(self) -> bool:
+    """Whether WORKDIR/results.json exists. Only gcloud's "matched no
+    objects" means "not yet"; any other failure (permissions, a wrong
+    bucket, a network error) is reported, since read as "not finished" it
+    would keep a finished run's TPU paid for without a word."""
     if not self.args.workdir.startswith("gs://"):
       return False
-    code, _, _ = self.runner.capture(results_command(self.args))
-    return code == 0
+    code, _, err = self.runner.capture(results_command(self.args))
+    if code == 0:
+      return True
+    if "matched no objects" not in err and "NOT_FOUND" not in err.upper().replace(" ", "_"):
+      self.log(f"gcloud storage ls {self.args.workdir}/results.json failed (exit {code}), "
+               f"cannot tell whether the run finished: {' '.join(err.split())[:300]}")
+    return False
 
   def step(self, name: str) -> None:
     commands = {"delete": delete_commands, "create": create_commands,
@@ -920,7 +991,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="GCP project (default: gcloud's configured one)")
   common.add_argument("--internal-ip", action="store_true",
                       help="no external IPs: create with --internal-ips, "
-                      "ssh/scp with --internal-ip (from inside the VPC)")
+                      "ssh/scp with --internal-ip (from inside the VPC). The "
+                      "workers then need Cloud NAT on their subnetwork's region "
+                      "to reach PyPI (setup) and Private Google Access or NAT "
+                      "for gs:// (docs/launch.md)")
 
   accel_opt = argparse.ArgumentParser(add_help=False)
   accel_opt.add_argument("--accelerator-type", default=None,
@@ -932,6 +1006,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="through a queued resource of the same name "
                       "(gcloud compute tpus queued-resources): waits for "
                       "capacity instead of failing on a stockout")
+  queued.add_argument("--valid-until-duration", default=DEFAULT_QUEUE_VALID_FOR,
+                      metavar="DURATION",
+                      help="a queued request not provisioned within this is dropped "
+                      f"(gcloud's flag; default {DEFAULT_QUEUE_VALID_FOR}, e.g. 6h, 2d); "
+                      "watch then queues a new one")
 
   create = argparse.ArgumentParser(add_help=False)
   create.add_argument("--runtime-version", default=None,
@@ -1054,6 +1133,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        "(e.g. v4-8, v4-32, v5litepod-16, v5p-8)")
     if getattr(args, "accelerator_type", None):
       parse_accelerator_type(args.accelerator_type)
+    if not re.fullmatch(r"[1-9][0-9]*[smhd]", getattr(args, "valid_until_duration", "1d")):
+      raise ValueError(f"--valid-until-duration {args.valid_until_duration!r} must be a "
+                       "duration such as 30m, 6h or 2d")
     for flag in args.create_arg:
       if not re.fullmatch(r"--[a-z][-a-z0-9]*(=.*)?", flag):
         raise ValueError(f"--create-arg {flag!r} must be one gcloud flag "

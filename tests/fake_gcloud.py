@@ -71,9 +71,23 @@ local file "NAME" and fails, as scp does).
 
 State (a JSON file named by $FAKE_GCLOUD_STATE): TPU nodes (CREATING is
 skipped: a create returns READY, as gcloud's create waits), queued resources
-(WAITING_FOR_RESOURCES -> PROVISIONING -> ACTIVE, one step per describe, the
-node appearing at ACTIVE), objects in buckets, scripted stockouts and ssh
-failures, every call, and every call rejected for its grammar.
+(CREATING -> ACCEPTED -> WAITING_FOR_RESOURCES -> PROVISIONING -> ACTIVE, one
+step per describe, as the queued-resources page lists them; the node appears
+at ACTIVE), objects in buckets, scripted stockouts and ssh failures, every
+call, and every call rejected for its grammar. Also modelled, from gcloud's
+reference and Cloud TPU's troubleshooting pages:
+
+* ``sdk_version`` ("530.0.0"): what ``gcloud version --format=json`` names.
+* ``ssh_drops``: that many runs of an ssh ``--command`` (containing
+  ``ssh_drop_match``, default any) reach the workers and then lose the
+  connection (ssh exit 255); gcloud retries the command (up to 10 times), so
+  the workers run it again: node["ssh"] records each run.
+* ``worker_exit`` {worker: code}: the command fails on those workers; with
+  ``--worker=all`` gcloud exits with the first failing worker's code, but an
+  ``sdk_version`` below 500 returns 0 (what the launcher's version floor is for).
+* ``ssh_key_not_in_agent``: ssh fails at once with gcloud's SSHKeyNotInAgent.
+* ``storage_error``: ``storage ls`` fails with that message (e.g. a 403),
+  not "matched no objects".
 Tests drive it through ``install``, ``preempt``, ``put_object`` and ``load``.
 """
 
@@ -137,6 +151,7 @@ GRAMMAR: dict[tuple[str, ...], tuple[set[str], set[str], tuple[int, float],
         {"--zone"}, set(), (1, 1), {"--zone"}),
     ("compute", "tpus", "queued-resources", "delete"): (
         {"--zone"}, {"--async", "--force"}, (1, 1), {"--zone"}),
+    ("version",): ({"--format"}, set(), (0, 0), set()),
     ("storage", "ls"): (
         {"--additional-headers", "--next-page-token", "--decryption-keys"},
         {"--all-versions", "-a", "--buckets", "-b", "--etag", "-e",
@@ -156,7 +171,7 @@ class GrammarError(Exception):
 def parse(argv: list[str]) -> tuple[tuple[str, ...], list[str], dict[str, Any],
                                     list[str]]:
   """argv (without "gcloud") -> (command, positionals, flags, ssh args)."""
-  for length in (4, 2):
+  for length in (4, 2, 1):
     command = tuple(argv[:length])
     if command in GRAMMAR:
       break
@@ -261,9 +276,18 @@ def _workers(accelerator_type: str) -> int:
   return 1 if chips <= 4 else chips // 4
 
 
+_SSH_RETRIES = 10   # gcloud tpu-vm ssh: retries a command that ends in 255
+
+
+def _version(text: str) -> tuple[int, ...]:
+  return tuple(int(p) for p in text.split("."))
+
+
 def _empty_state() -> dict[str, Any]:
   return {"nodes": {}, "queued": {}, "objects": [], "stockouts": 0,
-          "ssh_failures": 0, "calls": [], "rejected": []}
+          "ssh_failures": 0, "calls": [], "rejected": [], "sdk_version": "530.0.0",
+          "ssh_drops": 0, "worker_exit": {}, "ssh_key_not_in_agent": False,
+          "storage_error": None}
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
@@ -406,11 +430,22 @@ def execute(state: dict[str, Any], command: tuple[str, ...],
                             text=True)
     if syntax.returncode:
       raise _Failure(f"bash: syntax error in --command: {syntax.stderr}", 2)
+    if state.get("ssh_key_not_in_agent"):
+      raise _Failure("SSHKeyNotInAgent: SSH Key is not present in the SSH agent. Please "
+                     "run `ssh-add /root/.ssh/google_compute_engine` to add it, and try again.")
     if state["ssh_failures"] > 0:
       state["ssh_failures"] -= 1
       raise _Failure("ssh: connect to host port 22: Connection timed out", 255)
-    for w in workers:
-      node["ssh"].append({"worker": w, "command": script})
+    for attempt in range(_SSH_RETRIES + 1):
+      for w in workers:
+        node["ssh"].append({"worker": w, "command": script})
+      if state.get("ssh_drops", 0) <= 0 or state.get("ssh_drop_match", "") not in script:
+        break
+      state["ssh_drops"] -= 1   # the connection dropped after the command ran: retried
+    failed = [(w, state.get("worker_exit", {}).get(str(w), 0)) for w in workers]
+    failed = [(w, c) for w, c in failed if c]
+    if failed and _version(state.get("sdk_version", "530.0.0")) >= (500, 0, 0):
+      raise _Failure(f"worker {failed[0][0]}: command exited {failed[0][1]}", failed[0][1])
     return ""
   if command[:3] == ("compute", "tpus", "queued-resources"):
     name = positionals[0]
@@ -420,12 +455,18 @@ def execute(state: dict[str, Any], command: tuple[str, ...],
         raise _Failure(f"ALREADY_EXISTS: queued resource {name} exists")
       if flags["--node-id"] in state["nodes"]:
         raise _Failure(f"ALREADY_EXISTS: node {flags['--node-id']} exists")
-      state["queued"][name] = {"zone": zone, "state": "WAITING_FOR_RESOURCES",
+      state["queued"][name] = {"zone": zone, "state": "CREATING",
                                "node_id": flags["--node-id"], "flags": flags}
       return ""
     if qr is None or qr["zone"] != zone:
       raise _Failure(f"NOT_FOUND: queued resource {name} was not found")
     if verb == "describe":
+      shown = qr["state"]   # CREATING and ACCEPTED are seen once each, then move on
+      if qr["state"] in ("CREATING", "ACCEPTED"):
+        qr["state"] = {"CREATING": "ACCEPTED", "ACCEPTED": "WAITING_FOR_RESOURCES"}[qr["state"]]
+        if flags.get("--format") == "value(state.state)":
+          return shown + "\n"
+        return f"name: {name}\nstate:\n  state: {shown}\n"
       if qr["state"] == "WAITING_FOR_RESOURCES":
         if state["stockouts"] > 0:
           state["stockouts"] -= 1
@@ -446,7 +487,12 @@ def execute(state: dict[str, Any], command: tuple[str, ...],
       state["nodes"].pop(qr["node_id"], None)
       del state["queued"][name]
       return ""
+  if command == ("version",):
+    return json.dumps({"Google Cloud SDK": state.get("sdk_version", "530.0.0"),
+                       "core": "2026.12.01"}) + "\n"
   if command == ("storage", "ls"):
+    if state.get("storage_error"):
+      raise _Failure(state["storage_error"])
     out = []
     for url in positionals:
       out += [o for o in state["objects"]

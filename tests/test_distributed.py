@@ -30,7 +30,10 @@ from hcl_jax import distributed, losses  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(distributed_worker.__file__).resolve()
 _ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
-             "JAX_LOCAL_DEVICE_IDS")
+             "JAX_LOCAL_DEVICE_IDS", "JAX_COORDINATOR_PORT",
+             "HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S")
+# What GKE and SLURM set: removed for the tests here, whatever this machine has.
+_CLUSTER_PREFIXES = ("TPU_", "MEGASCALE_", "SLURM_")
 # Generous: two cold JAX imports and compiles on a loaded 2-core machine.
 _PROCESS_TIMEOUT_S = 180
 
@@ -66,6 +69,9 @@ def _hcl_loss_numpy(z1: np.ndarray, z2: np.ndarray, *, temperature: float,
 def clean_env(monkeypatch):
   for name in _ENV_VARS:
     monkeypatch.delenv(name, raising=False)
+  for name in list(os.environ):
+    if name.startswith(_CLUSTER_PREFIXES):
+      monkeypatch.delenv(name)
   return monkeypatch
 
 
@@ -101,7 +107,9 @@ def test_env_vars_reach_initialize(fake_initialize, monkeypatch):
   assert fake_initialize == [dict(coordinator_address="127.0.0.1:1234",
                                   num_processes=4, process_id=3,
                                   local_device_ids=[0, 1],
-                                  initialization_timeout=7)]
+                                  # JAX's deadline: a minute after the watchdog's
+                                  # one-line error at 7 s (a test below).
+                                  initialization_timeout=7 + 60)]
 
 
 def test_keyword_arguments_override_env_vars(fake_initialize, monkeypatch):
@@ -120,7 +128,7 @@ def test_tpu_pod_slice_initialises_without_arguments(fake_initialize,
   monkeypatch.setattr(distributed, "is_cloud_tpu_vm", lambda: True)
   monkeypatch.setattr(distributed, "cloud_tpu_worker_count", lambda: 4)
   assert distributed.initialize_distributed().mode == "tpu"
-  assert fake_initialize == [dict(initialization_timeout=120)]
+  assert fake_initialize == [dict(initialization_timeout=120 + 60)]
 
 
 def test_tpu_with_unreadable_metadata_assumes_a_pod_slice(fake_initialize,
@@ -160,6 +168,144 @@ def test_bad_env_var_is_rejected(fake_initialize, monkeypatch):
   with pytest.raises(ValueError, match="num_processes='two'"):
     distributed.initialize_distributed()
 
+
+# --- detect_cluster: each environment, as its scheduler sets it -------------
+
+def _detect(env, *, tpu_vm=False, workers=None, **kwargs):
+  return distributed.detect_cluster(env, on_cloud_tpu_vm=lambda: tpu_vm,
+                                    tpu_worker_count=lambda: workers, **kwargs)
+
+
+# A v5p-32 JobSet pod (4 workers), as GKE injects it (cloud.google.com/kubernetes-engine/docs/how-to/tpus).
+_GKE = {"TPU_WORKER_HOSTNAMES": "js-slice-0-0.js,js-slice-0-1.js,js-slice-0-2.js,js-slice-0-3.js",
+        "TPU_WORKER_ID": "2", "TPU_ACCELERATOR_TYPE": "v5p-32"}
+# Task 3 of `srun` over 4 nodes, one task each, in job 123456.
+_SLURM = {"SLURM_JOB_ID": "123456", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
+          "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "gpu[017-020]",
+          "SLURM_STEP_TASKS_PER_NODE": "1(x4)"}
+
+
+def test_gke_tpu_worker_list_and_id():
+  spec = _detect(_GKE)
+  # Worker 0 is the coordinator, on JAX's TPU coordinator port 8482.
+  assert (spec.mode, spec.coordinator_address, spec.num_processes, spec.process_id,
+          spec.local_device_ids) == ("gke-tpu", "js-slice-0-0.js:8482", 4, 2, None)
+
+
+def test_gke_multislice_and_process_addresses():
+  # Slice 1 of 2, 2 workers each: process 1 + 1 * 2 = 3 of 4; the megascale
+  # coordinator (host only) wins over worker 0; TPU_PROCESS_ADDRESSES over hostnames.
+  spec = _detect({"TPU_PROCESS_ADDRESSES": "10.0.0.5:8476,10.0.0.6:8476",
+                  "TPU_WORKER_HOSTNAMES": "a,b,c", "TPU_WORKER_ID": "1",
+                  "MEGASCALE_NUM_SLICES": "2", "MEGASCALE_SLICE_ID": "1",
+                  "MEGASCALE_COORDINATOR_ADDRESS": "js-slice-0-0.js:8080",
+                  "JAX_COORDINATOR_PORT": "9999"})
+  assert (spec.coordinator_address, spec.num_processes, spec.process_id) == (
+      "js-slice-0-0.js:9999", 4, 3)
+
+
+def test_gke_single_host_slice_is_one_process():
+  assert _detect({"TPU_WORKER_HOSTNAMES": "only-host", "TPU_WORKER_ID": "0"}).mode == "single"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TPU_WORKER_HOSTNAMES": "a,b"}, "TPU_WORKER_ID is not"),
+    ({"TPU_WORKER_HOSTNAMES": "a,b", "TPU_WORKER_ID": "2"}, "TPU_WORKER_ID=2 .of 2 workers"),
+    ({"TPU_WORKER_HOSTNAMES": "a,b", "TPU_WORKER_ID": "x"}, "TPU_WORKER_ID='x'"),
+    ({**_SLURM, "SLURM_PROCID": "4"}, r"SLURM_PROCID=4 must be in \[0, SLURM_NTASKS=4\)"),
+    ({k: v for k, v in _SLURM.items() if k != "SLURM_STEP_NODELIST"},
+     "SLURM_STEP_NODELIST unset: this is the batch script"),
+    ({**_GKE, "JAX_COORDINATOR_PORT": "70000"}, "JAX_COORDINATOR_PORT=70000"),
+])
+def test_inconsistent_cluster_variables_are_one_line_errors(env, message):
+  with pytest.raises(ValueError, match=message) as failed:
+    _detect(env)
+  assert "\n" not in str(failed.value)
+
+
+def test_slurm_tasks():
+  spec = _detect(_SLURM)
+  # JAX's SLURM port: 123456 % 4096 + 61440 = 576 + 61440.
+  assert (spec.mode, spec.coordinator_address, spec.num_processes, spec.process_id,
+          spec.local_device_ids) == ("slurm", "gpu017:62016", 4, 3, None)
+  # Two tasks per node share its GPUs: each takes the one of its local rank.
+  two_per_node = _detect({**_SLURM, "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_LOCALID": "1"})
+  assert two_per_node.local_device_ids == [1]
+
+
+@pytest.mark.parametrize("node_list, first", [
+    ("n1", "n1"), ("n1,n2", "n1"), ("n[001-004],m1", "n001"),
+    ("n[001,007-015]", "n001"), ("gpu[7]", "gpu7"), ("a-b[10-11]", "a-b10"),
+])
+def test_first_slurm_host(node_list, first):
+  assert distributed.first_slurm_host(node_list) == first
+
+
+def test_slurm_one_task_is_a_single_process():
+  assert _detect({**_SLURM, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).mode == "single"
+
+
+def test_order_explicit_then_gke_then_slurm_then_tpu_vm_then_single():
+  explicit = {"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "2",
+              "JAX_PROCESS_ID": "1"}
+  assert _detect({**explicit, **_GKE, **_SLURM}, tpu_vm=True, workers=4).mode == "explicit"
+  assert _detect({**_GKE, **_SLURM}, tpu_vm=True, workers=4).mode == "gke-tpu"
+  assert _detect(_SLURM, tpu_vm=True, workers=4).mode == "slurm"
+  tpu = _detect({}, tpu_vm=True, workers=4)
+  assert (tpu.mode, tpu.coordinator_address) == ("tpu", None)
+  assert _detect({}, tpu_vm=True, workers=None).mode == "tpu"   # unreadable metadata
+  assert _detect({}, tpu_vm=True, workers=1).mode == "single"
+  assert _detect({}).mode == "single"
+  # Keyword arguments over the environment.
+  assert _detect(_GKE, coordinator_address="k:1", num_processes=2,
+                 process_id=0).coordinator_address == "k:1"
+
+
+def test_gke_and_slurm_reach_initialize(fake_initialize, monkeypatch):
+  _setenv(monkeypatch, **_GKE)
+  assert distributed.initialize_distributed(initialization_timeout_s=5).mode == "gke-tpu"
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
+  _setenv(monkeypatch, **_SLURM, HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S="9")
+  assert distributed.initialize_distributed().mode == "slurm"
+  assert fake_initialize == [
+      dict(coordinator_address="js-slice-0-0.js:8482", num_processes=4, process_id=2,
+           local_device_ids=None, initialization_timeout=5 + 60),
+      dict(coordinator_address="gpu017:62016", num_processes=4, process_id=3,
+           local_device_ids=None, initialization_timeout=9 + 60)]
+
+
+def test_bad_timeout_env_is_rejected(fake_initialize, monkeypatch):
+  _setenv(monkeypatch, HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S="soon")
+  with pytest.raises(ValueError, match="HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S='soon'"):
+    distributed.initialize_distributed()
+
+
+@pytest.mark.xdist_group("subprocess")
+def test_a_missing_process_ends_in_one_line_within_the_timeout(tmp_path):
+  """Process 0 of 2 alone, timeout 3 s: one line naming the coordinator, the
+  count and the timeout, exit 1, within the bound, no JAX fatal log."""
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items()
+         if k not in _ENV_VARS and not k.startswith(_CLUSTER_PREFIXES)}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT),
+             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+             JAX_PROCESS_ID="0", HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S="3")
+  started = time.monotonic()
+  proc = subprocess.run(
+      [sys.executable, "-c", "from hcl_jax import distributed\n"
+       "distributed.initialize_distributed()\nprint('joined?')"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  took = time.monotonic() - started
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [
+      f"error: DistributedInitError: process 0 of 2, coordinator 127.0.0.1:{port} (explicit: "
+      "--coordinator_address/--num_processes/--process_id or JAX_* variables): not all 2 "
+      "processes joined within 3 s. A host did not start this run or exited first (see its "
+      "log; e.g. a stale process held its TPU). --distributed_init_timeout_s (env "
+      "HCL_JAX_DISTRIBUTED_INIT_TIMEOUT_S) sets the wait."], proc.stderr
+  assert "DEADLINE_EXCEEDED" not in proc.stderr and "joined?" not in proc.stdout
+  assert took < 3 + 60, took   # JAX's imports, then 3 s; not JAX's deadline of 63 s
 
 def _run_processes(num_processes: int, devices_per_process: int
                    ) -> list[dict]:

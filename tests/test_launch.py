@@ -96,9 +96,10 @@ class ClockRunner(tpu.Runner):
 
 
 def calls(state_path) -> list[str]:
-  """The fake's calls as short verbs: 'tpu-vm create', 'storage ls'."""
+  """The fake's calls as short verbs: 'tpu-vm create', 'storage ls' (without
+  the launcher's `gcloud version` check before its first call)."""
   return [" ".join(c[2:4]) if c[0] == "compute" else " ".join(c[:2])
-          for c in fake_gcloud.load(state_path)["calls"]]
+          for c in fake_gcloud.load(state_path)["calls"] if c[:1] != ["version"]]
 
 
 def assert_nothing_rejected(state_path):
@@ -320,10 +321,10 @@ def test_run_on_a_pod_slice(capsys):
                    "--config.data_dir=gs://bkt/tfds",
                    "--config.batch_size=1024"]
   wrapper = words[words.index("sh") + 1:words.index("--")]
-  assert wrapper == ["$REL/launch/worker_run.sh", "$HOME/hcl_jax_run/train.log",
-                     "gs://bkt/hcl/run1/logs", str(tpu.LOG_COPY_SECONDS)]
+  assert wrapper == ["$REL/launch/worker_run.sh", "--pid-file", "$HOME/hcl_jax_run/train.pid",
+                     "$HOME/hcl_jax_run/train.log", "gs://bkt/hcl/run1/logs",
+                     str(tpu.LOG_COPY_SECONDS)]
   assert words[-4:] == ["2>&1", "<", "/dev/null", "&"]
-  assert 'echo $! > "$HOME/hcl_jax_run/train.pid"' in script
   assert any("4 hosts" in n for n in notes)
   assert any("checked for 16 devices" in n for n in notes)
 
@@ -550,6 +551,122 @@ def test_watch_gives_up_after_max_recoveries(gcloud, capsys):
   assert "--max-recoveries 1 is used up" in capsys.readouterr().err
 
 
+# --- gcloud behaviours the fake models (issue 27) ------------------------------
+
+def test_an_old_gcloud_is_refused_before_any_tpu_call(gcloud, capsys):
+  fake_gcloud.update(gcloud, sdk_version="450.0.0")
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=ClockRunner()) == 1
+  err = capsys.readouterr().err
+  assert "gcloud 450.0.0 is older than 500.0.0" in err and "gcloud components update" in err
+  assert calls(gcloud) == []
+  fake_gcloud.update(gcloud, sdk_version="500.0.0")
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=ClockRunner()) == 0
+  assert calls(gcloud) == ["tpu-vm create"]
+
+
+@pytest.mark.parametrize("text, version", [
+    ('{"Google Cloud SDK": "530.0.1", "core": "2026.12.01"}', (530, 0, 1)),
+    ('{"core": "2026.12.01"}', None), ("not json", None)])
+def test_parse_gcloud_version(text, version):
+  assert tpu.parse_gcloud_version(text) == version
+
+
+def test_a_failing_worker_fails_the_run_with_a_current_gcloud(gcloud, capsys):
+  """gcloud >= the floor returns the failing worker's status for
+  --worker=all; an old one returned 0 (the fake models both), which the
+  version check refuses."""
+  runner = ClockRunner()
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=runner) == 0
+  fake_gcloud.update(gcloud, worker_exit={"2": 1})
+  assert tpu.main(["run", *[a for a in WATCH_ARGS if a != "--spot"]], runner=runner) == 1
+  assert "command failed (exit 1)" in capsys.readouterr().err
+  assert calls(gcloud) == ["tpu-vm create", "tpu-vm ssh"]   # preflight failed: no start
+
+
+def test_a_retried_ssh_reruns_the_start_script_and_it_starts_one_trainer(gcloud, tmp_path):
+  """The fake's ssh drops after the start script ran, and gcloud runs it
+  again; the two recorded runs of worker 0's script, executed in order on
+  this machine, leave one trainer."""
+  runner = ClockRunner()
+  assert tpu.main(["create", "--name", "w", "--zone", ZONE, "--accelerator-type", "v4-8"],
+                  runner=runner) == 0
+  fake_gcloud.update(gcloud, ssh_drops=1, ssh_drop_match="worker_run.sh")
+  assert tpu.main(["run", "--name", "w", "--zone", ZONE, "--accelerator-type", "v4-8",
+                   *RUN_ARGS, "--skip-config-check"], runner=runner) == 0
+  scripts = [s["command"] for s in _started_trainings(gcloud, "w") if s["worker"] == 0]
+  assert len(scripts) == 2 and scripts[0] == scripts[1]
+  home = tmp_path / "home"
+  home.mkdir()
+  _release(home, "r1")
+  first = _sh(scripts[0], home)
+  pid = int((home / "hcl_jax_run" / "train.pid").read_text())
+  try:
+    assert first.returncode == 0, first.stderr
+    log = home / "hcl_jax_run" / "train.log"
+    assert _wait_for(lambda: "trainer args" in log.read_text())
+    second = _sh(scripts[1], home)
+    assert second.returncode == 0 and "already running" in second.stdout
+    time.sleep(1)
+    assert log.read_text().count("trainer args") == 1
+  finally:
+    _kill_group(pid)
+
+
+def test_ssh_key_not_in_agent_fails_the_command(gcloud, capfd):
+  runner = ClockRunner()
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=runner) == 0
+  fake_gcloud.update(gcloud, ssh_key_not_in_agent=True)
+  assert tpu.main(["stop", "--name", "w", "--zone", ZONE], runner=runner) == 1
+  err = capfd.readouterr().err
+  assert "SSHKeyNotInAgent" in err and "command failed (exit 1)" in err
+
+
+def test_watch_waits_through_the_queued_states(gcloud):
+  """CREATING, ACCEPTED, WAITING_FOR_RESOURCES, PROVISIONING: waited for,
+  neither dead nor ready; setup starts only at ACTIVE."""
+  fake_gcloud.update(gcloud, stockouts=1)   # one describe waiting for resources
+  runner = ClockRunner(on_sleep=_finish_once_training_started(gcloud))
+  assert tpu.main(["watch", *WATCH_ARGS, "--queued", "--deadline", "1d"],
+                  runner=runner) == 0
+  waits = [n for n in runner.notes if ": waiting for ACTIVE to setup" in n]
+  assert [w.split("watch w: ")[1].split(":")[0] for w in waits] == [
+      "CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING"]
+  create = [c for c in fake_gcloud.load(gcloud)["calls"] if c[:4] == [
+      "compute", "tpus", "queued-resources", "create"]]
+  assert [a for a in create[0] if a.startswith("--valid-until")] == [
+      "--valid-until-duration=24h"]
+  assert_nothing_rejected(gcloud)
+
+
+def test_queued_create_valid_until_duration(capsys):
+  _, (create,) = dry_run(capsys, "create", "--name", "q", "--zone", ZONE, "--accelerator-type",
+                         "v4-32", "--queued", "--valid-until-duration", "6h")
+  assert option(create, "--valid-until-duration") == "6h"
+  with pytest.raises(SystemExit):
+    tpu.main(["--dry-run", "create", "--name", "q", "--zone", ZONE, "--accelerator-type",
+              "v4-32", "--queued", "--valid-until-duration", "forever"])
+  assert "--valid-until-duration 'forever'" in capsys.readouterr().err
+
+
+def test_internal_ip_notes_cloud_nat(capsys):
+  notes, _ = dry_run(capsys, "create", "--name", "q", "--zone", ZONE, "--accelerator-type",
+                     "v4-8", "--internal-ip")
+  assert any("Cloud NAT" in n and "PyPI" in n for n in notes)
+
+
+def test_watch_reports_a_storage_error_instead_of_not_finished(gcloud):
+  fake_gcloud.update(gcloud, storage_error="AccessDeniedException: 403 caller does not have "
+                     "storage.objects.list access")
+  runner = ClockRunner()
+  assert tpu.main(["create", *WATCH_ARGS[:7]], runner=runner) == 0
+  fake_gcloud.preempt(gcloud, "w")
+  runner = ClockRunner()
+  assert tpu.main(["watch", *WATCH_ARGS, "--max-recoveries", "0", "--deadline", "1d"],
+                  runner=runner) == 1
+  assert any("gcloud storage ls gs://bkt/hcl/run1/results.json failed (exit 1), cannot tell "
+             "whether the run finished: ERROR: (gcloud.storage.ls) AccessDeniedException: 403"
+             in n for n in runner.notes), runner.notes
+
 def test_cli_as_a_script(gcloud):
   done = subprocess.run(
       [sys.executable, str(REPO_ROOT / "launch" / "tpu.py"), "create",
@@ -712,6 +829,119 @@ def test_worker_log_is_copied_to_the_workdir(tmp_path):
     assert "trainer got TERM" in text and "=== exit 0" in text
   finally:
     _kill_group(wrapper.pid)
+
+
+# Exits at once on SIGTERM with the status given as $1: the case in which the
+# old wrapper's `wait` (interrupted by its trap) reported 143 although the
+# trainer had already exited 0 (issue 24).
+QUICK_TRAINER = """#!/bin/sh
+trap 'exit $1' TERM
+echo "quick trainer up"
+while :; do sleep 0.05; done
+"""
+
+
+def _rel_with_python(tmp_path: pathlib.Path) -> pathlib.Path:
+  rel = tmp_path / "rel"
+  (rel / ".venv" / "bin").mkdir(parents=True)
+  (rel / ".venv" / "bin" / "python").write_text(
+      f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+  (rel / ".venv" / "bin" / "python").chmod(0o755)
+  return rel
+
+
+def _start_wrapper(rel, log, dest, *command, pid_file=None):
+  pid_args = ["--pid-file", str(pid_file)] if pid_file else []
+  return subprocess.Popen(
+      ["sh", str(REPO_ROOT / "launch" / "worker_run.sh"), *pid_args, str(log), str(dest),
+       "100", "--", *command], cwd=rel,
+      stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.parametrize("status", [0, 75])
+def test_worker_run_reports_the_trainers_status_after_a_sigterm(tmp_path, status):
+  """Five SIGTERMs to the group of a trainer that exits at once with
+  ``status``: the wrapper returns that status every time (with the old
+  ``wait``/``kill -0`` it returned 143 in most of these)."""
+  rel = _rel_with_python(tmp_path)
+  trainer = tmp_path / "quick.sh"
+  trainer.write_text(QUICK_TRAINER)
+  for attempt in range(5):
+    log = tmp_path / f"train{attempt}.log"
+    wrapper = _start_wrapper(rel, log, tmp_path / "logs", "sh", str(trainer), str(status))
+    try:
+      assert _wait_for(lambda: "quick trainer up" in log.read_text(), 20)
+      os.killpg(wrapper.pid, signal.SIGTERM)
+      assert wrapper.wait(timeout=20) == status, log.read_text()
+      assert f"=== exit {status} " in log.read_text()
+    finally:
+      _kill_group(wrapper.pid)
+
+
+def test_worker_run_returns_a_failed_trainers_status(tmp_path):
+  rel = _rel_with_python(tmp_path)
+  log = tmp_path / "train.log"
+  wrapper = _start_wrapper(rel, log, tmp_path / "logs", "sh", "-c", "exit 7")
+  assert wrapper.wait(timeout=30) == 7
+  assert "=== exit 7 " in log.read_text()
+
+
+def test_worker_run_refuses_a_second_trainer_while_one_lives(tmp_path):
+  """--pid-file: a second start beside a live one exits 3 and starts
+  nothing; the first keeps its pid file; after it ends the file is gone and
+  a pid file naming a dead process does not block the next start."""
+  rel = _rel_with_python(tmp_path)
+  trainer = tmp_path / "quick.sh"
+  trainer.write_text(QUICK_TRAINER)
+  pid_file = tmp_path / "train.pid"
+  log = tmp_path / "train.log"
+  first = _start_wrapper(rel, log, tmp_path / "logs", "sh", str(trainer), "0",
+                         pid_file=pid_file)
+  try:
+    assert _wait_for(lambda: "quick trainer up" in log.read_text(), 20)
+    assert pid_file.read_text().strip() == str(first.pid)
+    second = _start_wrapper(rel, log, tmp_path / "logs", "sh", str(trainer), "0",
+                            pid_file=pid_file)
+    assert second.wait(timeout=20) == 3
+    assert f"already running (pid {first.pid})" in log.read_text()
+    assert log.read_text().count("quick trainer up") == 1
+    os.killpg(first.pid, signal.SIGTERM)
+    assert first.wait(timeout=20) == 0
+    assert not pid_file.exists()
+  finally:
+    _kill_group(first.pid)
+  pid_file.write_text("999999999\n")   # no such process: a run killed hard
+  third = _start_wrapper(rel, log, tmp_path / "logs", "sh", "-c", "exit 0", pid_file=pid_file)
+  assert third.wait(timeout=30) == 0
+  assert not pid_file.exists()
+
+
+def test_a_retried_run_ssh_does_not_start_a_second_trainer(tmp_path):
+  """gcloud's ssh retries the run command when ssh exits 255; the retry runs
+  the same script again on the worker: it finds the first trainer, says so,
+  exits 0 and starts nothing."""
+  rel = _release(tmp_path, "r1")
+  args = tpu.parse_args(["run", "--name", "t", "--zone", ZONE, "--config",
+                         "configs/digits.py", "--workdir", str(tmp_path / "workdir"),
+                         "--local-workdir-ok"])
+  log = tmp_path / "hcl_jax_run" / "train.log"
+  pid_file = tmp_path / "hcl_jax_run" / "train.pid"
+  started = _sh(tpu.run_script(args), tmp_path)
+  assert started.returncode == 0, started.stderr
+  pid = int(pid_file.read_text())
+  try:
+    assert f"started hcl_jax training (pid {pid})" in started.stdout
+    assert _wait_for(lambda: "trainer args" in log.read_text())
+    retried = _sh(tpu.run_script(args), tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert f"already running (pid {pid})" in retried.stdout
+    time.sleep(1)
+    assert log.read_text().count("trainer args") == 1
+    assert int(pid_file.read_text()) == pid
+    assert _sh(tpu.stop_script(10), tmp_path).returncode == 0
+  finally:
+    _kill_group(pid)
+  assert rel.exists()
 
 
 FAKE_PYTHON311 = """#!/bin/sh
