@@ -19,7 +19,7 @@ not a device collective, with a long timeout), and only then runs. Later
 calls with that signature go straight to the compiled program. On one
 process there is no barrier, but the first call is compiled ahead of time
 all the same: the caller can time the compilation apart from the run
-(``compile``) and read the compiled program's cost analysis (``compiled``),
+(``compile``) and read the program's cost analysis (``lowered``, ``compiled``),
 which the run's throughput and MFU logging need (``hcl_jax.throughput``).
 """
 
@@ -49,6 +49,8 @@ class _SyncedFirstCall:
   (with several processes).
 
   Attributes:
+    lowered: the most recently compiled program before compilation
+      (``jax.stages.Lowered``: its ``cost_analysis()`` is the global one).
     compiled: the most recently compiled program (``jax.stages.Compiled``:
       ``cost_analysis()``, ``memory_analysis()``), None before any call.
     compile_seconds: how long compiling it took on this process (the
@@ -58,6 +60,7 @@ class _SyncedFirstCall:
   def __init__(self, jitted: Any, name: str):
     self.jitted = jitted
     self.name = name
+    self.lowered: Any = None
     self.compiled: Any = None
     self.compile_seconds: float | None = None
     self._compiled: dict[tuple, Any] = {}
@@ -70,12 +73,13 @@ class _SyncedFirstCall:
     compiled = self._compiled.get(key)
     if compiled is None:
       start = time.perf_counter()
-      compiled = self.jitted.lower(*args).compile()
+      lowered = self.jitted.lower(*args)
+      compiled = lowered.compile()
       self.compile_seconds = time.perf_counter() - start
       if jax.process_count() > 1:
         distributed.wait_for_all_processes(f"compiled:{self.name}")
       self._compiled[key] = compiled
-      self.compiled = compiled
+      self.lowered, self.compiled = lowered, compiled
     return compiled
 
   def __call__(self, *args):

@@ -155,9 +155,10 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
         # step time, MFU) never includes compilation; the compiled program's
         # cost analysis gives the FLOPs per step.
         first_batch = next(batches)
-        compiled = train_step.compile(state, first_batch)
+        train_step.compile(state, first_batch)
         logger.log_compiled(train_step.compile_seconds, throughput.step_cost(
-            compiled, num_devices=mesh.size, bf16=config.mixed_precision))
+            lowered=train_step.lowered, compiled=train_step.compiled, num_devices=mesh.size,
+            bf16=config.mixed_precision))
         steps_left = itertools.chain([first_batch], batches)
       for step in range(start_step + 1, total_steps + 1):
         profiler.before_step(step)
