@@ -93,6 +93,7 @@ def paper_config(dataset: str, data_dir: str, *, batch_size: int, cores: int, va
   from hcl_jax import config_check
   config = config_check.load(f"configs/paper.py:dataset={dataset},method=hcl")
   config.data_dir, config.batch_size = data_dir, batch_size
+  config.model.bn_group_size = 0   # the model's; any batch size is fine for the pipeline
   config.data.num_parallel_calls = cores
   config.data.threadpool_size = cores
   if variant == "no_blur":
