@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from gcs_emulator import BUCKET, gcs, gcs_env  # noqa: F401  (fixtures)
 from hcl_jax import metrics_log
 from hcl_jax import profiling
 from hcl_jax import throughput
@@ -117,3 +118,35 @@ def test_profile_steps_refused_in_one_line(text):
   with pytest.raises(ValueError, match=r"^config\.profile_steps must be") as error:
     profiling.parse_steps(text)
   assert repr(text) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_profile_of_two_steps_reaches_a_gs_workdir(gcs_env, tmp_path, monkeypatch):
+  import gzip
+  monkeypatch.chdir(tmp_path)
+  workdir = f"gs://{BUCKET}/profiled"
+  profiler = profiling.StepProfiler(workdir, "2,3")
+  @jax.jit
+  def square(x):
+    return x @ x / 64
+
+  x = jnp.ones((64, 64))
+  try:
+    for step in range(1, 5):
+      profiler.before_step(step)
+      x = square(x)
+      profiler.after_step(step, x)
+  finally:
+    profiler.close()
+  names = gcs_env.list_objects(BUCKET, "profiled/profile/process_0/plugins/profile/")
+  assert any(n.endswith(".xplane.pb") for n in names), names
+  (perfetto,) = [n for n in names if n.endswith("perfetto_trace.json.gz")]
+  events = json.loads(gzip.decompress(gcs_env.read_object(BUCKET, perfetto)))["traceEvents"]
+  # Two steps traced: the jitted function ran twice inside the trace.
+  # (The trace has nested events of the same name per call: count the outermost.)
+  calls, end = 0, -1.0
+  for e in sorted((e for e in events if e.get("name") == "PjitFunction(square)"),
+                  key=lambda e: e["ts"]):
+    if e["ts"] >= end:
+      calls, end = calls + 1, e["ts"] + e.get("dur", 0)
+  assert calls == 2, sorted({str(e.get("name")) for e in events})
+  assert not list(tmp_path.rglob("gs:*"))  # nothing written to a local 'gs:' folder
