@@ -40,6 +40,7 @@ import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Distinct images per split: the pipeline reads and decodes every record, so
 # repeats cost the same as new images; the shuffle buffer only needs some.
@@ -150,7 +151,10 @@ def run_table(args) -> list[dict]:
       rates = {v: [] for v in args.variants}
       for _ in range(args.rounds):
         for variant in args.variants:   # alternate: every variant sees the same load
-          rates[variant].append(_measure_in_subprocess(dataset, data_dir, args, cores, variant))
+          rate = _measure_in_subprocess(dataset, data_dir, args, cores, variant)
+          rates[variant].append(rate)
+          print(f"{dataset} {cores} core(s) {variant}: {rate['wall']:.0f} img/s, "
+                f"{rate['cpu']:.0f} per CPU-s", file=sys.stderr, flush=True)
       for variant in args.variants:
         wall = statistics.median(r["wall"] for r in rates[variant])
         cpu = statistics.median(r["cpu"] for r in rates[variant])
