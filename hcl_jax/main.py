@@ -152,8 +152,8 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
       steps_left = batches
       if start_step < total_steps:
         # Compiled before the first step, so that the step clock (images/s,
-        # step time, MFU) never includes compilation; the compiled program's
-        # cost analysis gives the FLOPs per step.
+        # step time, MFU) never includes compilation; the lowered program's
+        # cost analysis gives the FLOPs per step (hcl_jax.throughput).
         first_batch = next(batches)
         train_step.compile(state, first_batch)
         logger.log_compiled(train_step.compile_seconds, throughput.step_cost(
