@@ -21,8 +21,8 @@ memory; torchvision must not be imported after TensorFlow). The full check
 takes a few minutes on one accelerator (two ResNet-50 compilations dominate);
 ``--smoke`` (tiny sizes: B = 64/256 losses, ResNet-18 at 1/16 width, 8x8
 images, batch 16, float32 only) checks the plumbing on a CPU; on the 2-core
-machine it takes 80-100 s, most of it compiling the step
-(tests/test_accelerator_check.py runs it).
+development machine it took 114 s (the test, load ~2) to 203 s (load ~14),
+most of it compiling the step (tests/test_accelerator_check.py runs it).
 
   .venv/bin/python benchmarks/accelerator_check.py            # on the accelerator host
   .venv/bin/python benchmarks/accelerator_check.py --smoke    # anywhere

@@ -11,7 +11,7 @@ import pytest
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow  # 80-200 s on the 2-core machine: one ResNet-18 step compilation dominates
+@pytest.mark.slow  # 114-203 s on the 2-core machine: one ResNet-18 step compilation dominates
 def test_smoke_check_prints_every_row():
   env = dict(os.environ)
   # One CPU device, as on a plain machine (conftest sets 8 for the other tests).
