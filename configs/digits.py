@@ -75,6 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.log_every_steps = 10
   config.on_nonfinite = "stop"         # stop | skip: a non-finite loss/gradient ends the run, or drops that update
+  # "N,M": a jax.profiler trace of steps N..M in WORKDIR/profile/ (hcl_jax/profiling.py); "": none.
+  config.profile_steps = ""
 
   config.eval = ml_collections.ConfigDict()
   config.eval.knn_k = 200

@@ -17,12 +17,16 @@ signature it compiles ahead of time (``jitted.lower(*args).compile()``),
 waits at a coordination-service barrier (``distributed.wait_for_all_processes``,
 not a device collective, with a long timeout), and only then runs. Later
 calls with that signature go straight to the compiled program. On one
-process it is the jitted function itself: nothing changes.
+process there is no barrier, but the first call is compiled ahead of time
+all the same: the caller can time the compilation apart from the run
+(``compile``) and read the program's cost analysis (``lowered``, ``compiled``),
+which the run's throughput and MFU logging need (``hcl_jax.throughput``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,24 +45,48 @@ def _signature(args: tuple) -> tuple:
 
 
 class _SyncedFirstCall:
-  """``jitted`` compiled per signature, each first run after a barrier."""
+  """``jitted`` compiled per signature, each first run after a barrier
+  (with several processes).
+
+  Attributes:
+    lowered: the most recently compiled program before compilation
+      (``jax.stages.Lowered``: its ``cost_analysis()`` is the global one).
+    compiled: the most recently compiled program (``jax.stages.Compiled``:
+      ``cost_analysis()``, ``memory_analysis()``), None before any call.
+    compile_seconds: how long compiling it took on this process (the
+      barrier's wait not included).
+  """
 
   def __init__(self, jitted: Any, name: str):
     self.jitted = jitted
     self.name = name
+    self.lowered: Any = None
+    self.compiled: Any = None
+    self.compile_seconds: float | None = None
     self._compiled: dict[tuple, Any] = {}
 
-  def __call__(self, *args):
+  def compile(self, *args) -> Any:
+    """The program for ``args``' signature: compiled (and, with several
+    processes, waited for on every process) the first time, then reused.
+    Nothing runs; ``args`` (donated buffers included) stay valid."""
     key = _signature(args)
     compiled = self._compiled.get(key)
     if compiled is None:
-      compiled = self.jitted.lower(*args).compile()
-      distributed.wait_for_all_processes(f"compiled:{self.name}")
+      start = time.perf_counter()
+      lowered = self.jitted.lower(*args)
+      compiled = lowered.compile()
+      self.compile_seconds = time.perf_counter() - start
+      if jax.process_count() > 1:
+        distributed.wait_for_all_processes(f"compiled:{self.name}")
       self._compiled[key] = compiled
-    return compiled(*args)
+      self.lowered, self.compiled = lowered, compiled
+    return compiled
+
+  def __call__(self, *args):
+    return self.compile(*args)(*args)
 
 
-def synced_first_call(jitted: Any, name: str) -> Callable[..., Any]:
+def synced_first_call(jitted: Any, name: str) -> _SyncedFirstCall:
   """``jitted`` (a ``jax.jit`` function), made safe to start on several processes.
 
   Args:
@@ -66,10 +94,8 @@ def synced_first_call(jitted: Any, name: str) -> Callable[..., Any]:
     name: what the barrier's id (and its timeout message) names.
 
   Returns:
-    ``jitted`` itself on one process; with several, a callable that compiles
-    each new argument signature on this process, waits until every process
-    has compiled it, then runs it.
+    a callable that compiles each new argument signature ahead of time on
+    this process, with several processes waits until every process has
+    compiled it, then runs it (:class:`_SyncedFirstCall`).
   """
-  if jax.process_count() == 1:
-    return jitted
   return _SyncedFirstCall(jitted, name)

@@ -258,6 +258,11 @@ def validate_run_config(config: Any, num_devices: int = 1) -> None:
   _check_augment_blur(config.augment)
   from hcl_jax import divergence
   _one_of(config, "on_nonfinite", divergence.MODES)
+  from hcl_jax import profiling
+  try:
+    profiling.parse_steps(config.profile_steps)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _check_augment_blur(augment: Any) -> None:

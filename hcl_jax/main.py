@@ -4,7 +4,9 @@
       [--config.loss.beta=2.0 ...]
 
 Everything the run writes goes to ``--workdir``: ``checkpoints/`` (orbax, the
-last ``keep_checkpoints``), ``metrics.jsonl``, TensorBoard events,
+last ``keep_checkpoints``), ``metrics.jsonl`` (with step time, images/s and,
+on a chip in ``hcl_jax.throughput.PEAKS``, MFU), TensorBoard events,
+``profile/`` (with ``--config.profile_steps=N,M``: ``hcl_jax.profiling``),
 ``config.json``, ``logs/process_<i>.log`` (each process's output) and, at the
 end, ``results.json`` with the linear readout and kNN accuracies (in %) of the
 trained encoder and of the same encoder at its random initialisation. The
@@ -75,6 +77,8 @@ def _run(config: Any, workdir: str, *, allow_config_change: bool) -> dict[str, A
 
 def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
                         allow_config_change: bool) -> dict[str, Any]:
+  import itertools
+
   import jax
   import jax.numpy as jnp
 
@@ -84,7 +88,9 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   from hcl_jax import models
   from hcl_jax import divergence
   from hcl_jax import optim
+  from hcl_jax import profiling
   from hcl_jax import run_guard
+  from hcl_jax import throughput
   from hcl_jax import train_step as train_step_lib
   from hcl_jax import workdir_fs
   from hcl_jax.checkpointing import Checkpointer, rng_from_list, rng_to_list
@@ -130,7 +136,8 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   train_step = compile_sync.synced_first_call(
       train_step_lib.make_train_step(config, mesh, steps_per_epoch, model), "train_step")
   logger = MetricLogger(workdir, total_steps=total_steps, config=config, start_step=start_step,
-                        batch_size=config.batch_size, is_main_process=is_main)
+                        batch_size=config.batch_size, num_devices=mesh.size,
+                        is_main_process=is_main)
   if start_step == 0:
     logger.write(f"Training {config.model.name} with {config.loss.name} on {config.dataset}: "
                  f"{config.num_epochs} epochs x {steps_per_epoch} steps of "
@@ -138,10 +145,25 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
 
   step, stopped = start_step, False
   batches = data_lib.global_batches(data.dataset.as_numpy_iterator(), mesh)
+  profiler = profiling.StepProfiler(workdir, config.profile_steps,
+                                    process_index=jax.process_index())
   try:
     with PreemptionGuard(handle_sigint=True) as guard:
+      steps_left = batches
+      if start_step < total_steps:
+        # Compiled before the first step, so that the step clock (images/s,
+        # step time, MFU) never includes compilation; the lowered program's
+        # cost analysis gives the FLOPs per step (hcl_jax.throughput).
+        first_batch = next(batches)
+        train_step.compile(state, first_batch)
+        logger.log_compiled(train_step.compile_seconds, throughput.step_cost(
+            lowered=train_step.lowered, compiled=train_step.compiled, num_devices=mesh.size,
+            bf16=config.mixed_precision))
+        steps_left = itertools.chain([first_batch], batches)
       for step in range(start_step + 1, total_steps + 1):
-        state, metrics = train_step(state, next(batches))
+        profiler.before_step(step)
+        state, metrics = train_step(state, next(steps_left))
+        profiler.after_step(step, state)
         monitor.update(metrics)
         if step % config.log_every_steps == 0 or step == total_steps:
           monitor.check()  # raises in "stop" mode; no checkpoint after a bad step
@@ -169,6 +191,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
     logger.close()
     raise
   finally:
+    profiler.close()  # however training ended: the trace so far is kept
     # Stops and joins the prefetch thread now, however training ended, while
     # the interpreter is whole, not in its teardown (see run_guard.exit_now).
     batches.close()

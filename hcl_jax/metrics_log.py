@@ -4,6 +4,11 @@ In ``workdir`` (a local folder or gs://..., all through ``hcl_jax.workdir_fs``):
 - ``config.json``, ``config.yaml``: the run's config, written on creation.
 - ``metrics.jsonl``: one JSON object per logged step, e.g.
   ``{"step": 120, "time": 1732871000.1, "epoch": 2, "loss": 5.12, ...}``.
+  With ``batch_size`` given, every line also has the throughput since the
+  previous line: ``step_time_s``, ``images_per_sec`` (global),
+  ``images_per_sec_per_device`` and, on a chip in
+  ``hcl_jax.throughput.PEAKS`` once ``log_compiled`` gave the step's cost,
+  ``mfu`` (a fraction of the chips' summed peak).
   A resumed run continues the file; lines of steps after ``start_step`` (logged by the killed run after its last checkpoint,
   so about to be redone) are dropped first, leaving one line per step.
   Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's json
@@ -18,8 +23,8 @@ In ``workdir`` (a local folder or gs://..., all through ``hcl_jax.workdir_fs``):
   (object stores have no append).
 
 On the terminal: a tqdm bar with ETA when stderr is a TTY, else one plain
-line per ``log`` call (``step 120/900 (13%) loss 5.12 ... 410 img/s ETA
-3m12s``), which reads well in files and cluster logs.
+line per ``log`` call (``step 120/900 (13%) loss 5.12 ... 410 img/s MFU 31.0%
+ETA 3m12s``), which reads well in files and cluster logs.
 
 Only the main process (``jax.process_index() == 0``) should write; the
 others construct the logger with ``is_main_process=False`` and every method
@@ -50,6 +55,8 @@ CONFIG_YAML = "config.yaml"
 
 # Shown first, in this order, on the terminal; anything else follows.
 _TERMINAL_ORDER = ("epoch", "loss", "lr", "beta", "clamped_fraction")
+# Throughput: in metrics.jsonl and TensorBoard; the terminal shows img/s and MFU.
+_THROUGHPUT_KEYS = ("step_time_s", "images_per_sec", "images_per_sec_per_device", "mfu")
 
 
 def to_python_scalar(name: str, value: Any) -> int | float | bool | str:
@@ -219,7 +226,8 @@ class MetricLogger:
 
   def __init__(self, workdir: str | os.PathLike, *, total_steps: int,
                config: Any = None, start_step: int = 0,
-               batch_size: int | None = None, is_main_process: bool = True,
+               batch_size: int | None = None, num_devices: int = 1,
+               is_main_process: bool = True,
                tensorboard: bool = True, progress: str = "auto",
                stream: TextIO | None = None, flush_every_s: float = 10.0):
     """Args:
@@ -228,9 +236,13 @@ class MetricLogger:
       config: saved to config.json / config.yaml now, if given.
       start_step: the step the run (re)starts from; lines of later steps in
         an existing metrics.jsonl are dropped, the bar starts there.
-      batch_size: global batch size; if given and a ``log`` call has no
-        ``images_per_sec``, it is computed from the wall time since the
-        previous call (the first interval includes compilation).
+      batch_size: global batch size; if given, each ``log`` call adds the
+        step time, images/s and images/s per device (and MFU, see
+        ``log_compiled``) from the wall time since the previous call, or
+        since ``log_compiled`` (so compilation is not in any interval);
+        a ``log`` call's own ``images_per_sec`` is kept.
+      num_devices: the devices the step runs on (for per-device images/s
+        and MFU).
       is_main_process: False makes every method a no-op.
       tensorboard: write TensorBoard event files.
       progress: "auto" (bar if stderr is a TTY, else lines), "bar",
@@ -248,6 +260,8 @@ class MetricLogger:
     self.workdir = workdir_fs.as_path(workdir)
     self.total_steps = total_steps
     self.batch_size = batch_size
+    self.num_devices = num_devices
+    self.step_cost = None  # a throughput.StepCost, from log_compiled
     self.enabled = is_main_process
     self._stream = stream
     self._jsonl = None
@@ -285,11 +299,8 @@ class MetricLogger:
       return {}
     now = time.time()
     values = {k: to_python_scalar(k, v) for k, v in metrics.items()}
-    if (self.batch_size is not None and "images_per_sec" not in values
-        and step > self._last_step):
-      values["images_per_sec"] = (
-          (step - self._last_step) * self.batch_size
-          / max(now - self._last_time, 1e-9))
+    if self.batch_size is not None and step > self._last_step:
+      values = {**self._throughput(step, now), **values}
     record = {"step": int(step), "time": round(now, 3), **values}
     self._jsonl.append(json.dumps(record) + "\n")
     if self._tb is not None:
@@ -301,6 +312,28 @@ class MetricLogger:
     self._show(step, values, now)
     self._last_step, self._last_time = step, now
     return record
+
+  def _throughput(self, step: int, now: float) -> dict[str, float]:
+    """Step time, images/s (global and per device) and MFU since the last
+    ``log`` (or ``log_compiled``) call."""
+    step_time = max(now - self._last_time, 1e-9) / (step - self._last_step)
+    images_per_sec = self.batch_size / step_time
+    out = {"step_time_s": step_time, "images_per_sec": images_per_sec,
+           "images_per_sec_per_device": images_per_sec / self.num_devices}
+    mfu = self.step_cost.mfu(step_time) if self.step_cost is not None else None
+    if mfu is not None:
+      out["mfu"] = mfu
+    return out
+
+  def log_compiled(self, seconds: float, step_cost: Any = None, *, what: str = "train step"
+                   ) -> None:
+    """Says how long compiling ``what`` took (and, given a
+    ``throughput.StepCost``, its FLOPs and the peak MFU is measured against),
+    and restarts the step clock: the next ``log`` call's interval starts now."""
+    self.step_cost = step_cost
+    self._last_time = time.time()
+    detail = f" ({step_cost.describe()})" if step_cost is not None else ""
+    self.write(f"Compiled the {what} in {seconds:.1f} s{detail}.")
 
   def log_evaluation(self, step: int, accuracies: Mapping[str, float]) -> None:
     """Evaluation accuracies (kNN monitor, linear readout) as TensorBoard
@@ -328,10 +361,12 @@ class MetricLogger:
              f"({100 * step / self.total_steps:.0f}%)"]
     keys = [k for k in _TERMINAL_ORDER if k in values]
     keys += sorted(k for k in values
-                   if k not in _TERMINAL_ORDER and k != "images_per_sec")
+                   if k not in _TERMINAL_ORDER and k not in _THROUGHPUT_KEYS)
     parts += [f"{k} {_format_value(values[k])}" for k in keys]
     if "images_per_sec" in values:
       parts.append(f"{values['images_per_sec']:.0f} img/s")
+    if "mfu" in values:
+      parts.append(f"MFU {100 * values['mfu']:.1f}%")
     parts.append(f"ETA {format_duration(self.eta_seconds(step, now))}")
     return " ".join(parts)
 

@@ -65,6 +65,10 @@ def test_load_and_validate_applies_overrides_and_ignores_other_flags():
     (["--config.batch_size=2.5"], "--config.batch_size=2.5"),
     (["--config.model.name=resnet7"], "config.model.name"),
     (["--config.eval.readout=slow"], "config.eval.readout"),
+    (["--config.profile_steps=5"], "config.profile_steps must be \"\" (no profile) or \"N,M\""),
+    (["--config.profile_steps=4,3"], "1 <= N <= M (steps N to M traced); got '4,3'"),
+    (["--config.profile_steps=0,2"], "got '0,2'"),
+    (["--config.profile_steps=a,b"], "got 'a,b'"),
 ])
 def test_load_and_validate_errors_are_one_line(overrides, named):
   with pytest.raises(ValueError) as error:

@@ -38,6 +38,7 @@ from hcl_jax import checkpointing  # noqa: E402
 from hcl_jax import main as main_lib  # noqa: E402
 from hcl_jax import models  # noqa: E402
 from hcl_jax import optim  # noqa: E402
+from hcl_jax import throughput  # noqa: E402
 from hcl_jax import train_step as train_step_lib  # noqa: E402
 from hcl_jax.checkpointing import Checkpointer  # noqa: E402
 from hcl_jax.mesh import make_mesh  # noqa: E402
@@ -173,13 +174,36 @@ def _assert_same_state(a, b):
 
 
 
+# The straight run's chip, as far as hcl_jax.throughput knows: one in its
+# peak table, so that every logged step has an MFU (8 "TPU v4" CPU devices).
+_FAKE_KIND = "TPU v4"
+
+
 @pytest.fixture(scope="module")
 def straight_run(data_dir, tmp_path_factory):
   """One full, uninterrupted run (real evaluation): (workdir, config, results)."""
   workdir = str(tmp_path_factory.mktemp("straight"))
   config = _config(data_dir)
-  results = main_lib.train_and_evaluate(config, workdir)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(throughput, "device_kind", lambda: _FAKE_KIND)
+    results = main_lib.train_and_evaluate(config, workdir)
   return workdir, config, results
+
+
+def _step_flops(config):
+  """The train step's FLOPs for the global batch, from a lowering of our own."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  mesh = make_mesh()
+  model = models.create_model(config)
+  state = train_step_lib.create_train_state(
+      model, optim.make_optimizer(config, _STEPS), jax.random.key(0), mesh,
+      (config.image_size, config.image_size, 3))
+  sharded = NamedSharding(mesh, PartitionSpec("data"))
+  views = np.zeros((config.batch_size, config.image_size, config.image_size, 3), np.float32)
+  batch = {"view1": jax.device_put(views, sharded), "view2": jax.device_put(views, sharded),
+           "label": jax.device_put(np.zeros((config.batch_size,), np.int32), sharded)}
+  step = train_step_lib.make_train_step(config, mesh, _STEPS, model)
+  return step.lower(state, batch).cost_analysis()["flops"]
 
 
 # ------------------------------------------------------------------ end to end
@@ -212,11 +236,22 @@ def test_end_to_end_on_digits(straight_run):
   lines = _metrics(workdir)
   assert [m["step"] for m in lines] == list(range(1, _STEPS + 1))  # log_every_steps=1
   for m in lines:
-    for key in ("step", "epoch", "loss", "lr", "beta", "clamped_fraction", "images_per_sec"):
+    for key in ("step", "epoch", "loss", "lr", "beta", "clamped_fraction", "images_per_sec",
+                "step_time_s", "images_per_sec_per_device", "mfu"):
       assert key in m, (key, m)
     assert math.isfinite(m["loss"]) and 0 <= m["clamped_fraction"] <= 1
     assert m["beta"] == config.loss.beta and m["lr"] == pytest.approx(1e-2)
   assert lines[0]["epoch"] == 1 and lines[-1]["epoch"] == _EPOCHS
+  # Throughput: every step timed from the previous line (step 1 from the end
+  # of compilation); MFU = the step's FLOPs / step time / (8 x 275 TFLOP/s).
+  flops = _step_flops(config)
+  assert 1e6 < flops < 1e9, flops  # the tiny net: ~7e7
+  assert sum(m["step_time_s"] for m in lines[1:]) == pytest.approx(
+      lines[-1]["time"] - lines[0]["time"], abs=0.01)  # "time" is rounded to ms
+  for m in lines:
+    assert m["images_per_sec"] == pytest.approx(_BATCH / m["step_time_s"])
+    assert m["images_per_sec_per_device"] == pytest.approx(m["images_per_sec"] / 8)
+    assert m["mfu"] == pytest.approx(flops / m["step_time_s"] / (8 * 275e12), rel=1e-6)
 
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
@@ -394,7 +429,7 @@ _MOCK_N = 2 * _BATCH
 
 
 @pytest.mark.xdist_group("main_straight_run")
-def test_mocked_cifar10_run(straight_run, tmp_path, fake_eval, monkeypatch):
+def test_mocked_cifar10_run(straight_run, tmp_path, fake_eval, monkeypatch, capsys):
   del straight_run  # only its compiled train step
   # While mock_data builds a dataset it swaps the whole process's file system
   # (etils' epath) for a temporary folder; orbax's start-up sweep of killed
@@ -406,7 +441,8 @@ def test_mocked_cifar10_run(straight_run, tmp_path, fake_eval, monkeypatch):
                       lambda **kw: real_options(**{**kw, "cleanup_tmp_directories": False}))
   data_dir = str(tmp_path / "tfds")
   support.write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
-  config = _config(data_dir, dataset="cifar10", num_epochs=1)
+  # Both steps profiled (hcl_jax.profiling).
+  config = _config(data_dir, dataset="cifar10", num_epochs=1, profile_steps="1,2")
   workdir = str(tmp_path / "work")
   with tfds.testing.mock_data(num_examples=_MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,
                               data_dir=data_dir):
@@ -417,3 +453,26 @@ def test_mocked_cifar10_run(straight_run, tmp_path, fake_eval, monkeypatch):
   assert [m["step"] for m in lines] == list(range(1, steps + 1))
   assert all(math.isfinite(m["loss"]) for m in lines)
   assert _steps_on_disk(workdir) == [steps]
+  # A CPU is in no peak table: step time and images/s, no MFU.
+  assert all("step_time_s" in m and "images_per_sec" in m and "mfu" not in m for m in lines)
+  out = capsys.readouterr().out
+  assert re.search(r"^Compiled the train step in \d+\.\d s \(\S+ [kMGTP]?FLOP per step; no MFU: "
+                   r"'cpu' is not in hcl_jax.throughput.PEAKS\)\.$", out, re.M), out
+  _assert_readable_trace(os.path.join(workdir, "profile", "process_0"))
+
+
+def _assert_readable_trace(directory):
+  """The profile folder holds an XSpace proto and a Chrome trace of the train step."""
+  import gzip
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+  (xplane,) = glob.glob(os.path.join(directory, "plugins", "profile", "*", "*.xplane.pb"))
+  space = xplane_pb2.XSpace()
+  with open(xplane, "rb") as f:
+    space.ParseFromString(f.read())
+  assert space.planes, xplane
+  (perfetto,) = glob.glob(os.path.join(directory, "plugins", "profile", "*",
+                                       "perfetto_trace.json.gz"))
+  with gzip.open(perfetto) as f:
+    events = json.load(f)["traceEvents"]
+  names = {e.get("name", "") for e in events}
+  assert any("train_step" in n for n in names), sorted(names)[:50]
