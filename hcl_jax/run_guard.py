@@ -541,7 +541,8 @@ class one_line_errors:
     os_failure = os_failure_line(exc, self.workdir)
     if os_failure is not None:
       self._exit(f"error: {os_failure}", 1)
-    if isinstance(exc, ValueError):  # config and data errors
+    if isinstance(exc, (ValueError, OSError)):  # config and data errors; an OSError
+      # without strerror (DatasetNotPreparedError) carries its whole message
       self._exit(f"error: {exc}", 1)
     return False
 
