@@ -340,14 +340,15 @@ class Checkpointer:
     Returns:
       ``Restored(step, state, extra)``, or None when the directory holds no
       readable checkpoint. Every unreadable checkpoint newer than the one
-      used is logged as a warning naming its step and renamed out of the way
-      (``<step>.unreadable-<time>``, kept for inspection; in ``read_only``
-      mode only skipped).
+      used (a read error, or arrays whose CRC-32 differs from the one saved
+      with them) is logged as a warning naming its step and renamed out of
+      the way (``<step>.unreadable-<time>``, kept for inspection; in
+      ``read_only`` mode only skipped).
 
     Raises:
-      IncompatibleCheckpoint: the checkpoint is intact but holds a state of
-        another structure or shapes (another model or optimizer): nothing is
-        renamed then.
+      IncompatibleCheckpoint: the newest checkpoint's metadata holds a tree,
+        shapes or dtypes other than the template's (another model or
+        optimizer): nothing is renamed then.
     """
     target = jax.tree_util.tree_map_with_path(_as_restore_target, template)
     self.wait()
