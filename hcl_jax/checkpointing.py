@@ -6,7 +6,9 @@ a directory ``<directory>/<step>/`` with two items:
 - ``state``: the train-state pytree (jax.Arrays, NumPy arrays, Python
   scalars), written with ``StandardSave`` (OCDBT/zarr via TensorStore).
 - ``extra``: a JSON dict for everything that is not an array: the data
-  position, the RNG key (see ``rng_to_list``), the epoch, ...
+  position, the RNG key (see ``rng_to_list``), the epoch, ... and, under
+  ``CHECKSUM_KEY``, the CRC-32 of every array's bytes (``array_checksums``),
+  written in the same step directory, so on gs:// too.
 
 Why it is safe under a kill mid-save: orbax writes into
 ``<step>.orbax-checkpoint-tmp-<timestamp>/`` and renames it to ``<step>/``
@@ -14,14 +16,22 @@ only once every file is written (on GCS, where there is no atomic rename, a
 ``commit_success.txt`` marks a finished step instead). Unfinished directories
 are not listed as checkpoints and are deleted when the next ``Checkpointer``
 opens the directory. A checkpoint that is listed but can't be read back
-(truncated or deleted files, bad bytes: TensorStore checksums the data) is
-reported with a warning naming its step, renamed to
+(truncated or deleted files, undecodable bytes) or whose restored arrays do
+not match the CRC-32 saved with them (one flipped byte in the array data
+decompresses fine but changes a weight) is reported with a warning naming its
+step, renamed to
 ``<step>.unreadable-<unix time>`` so that later saves of that step number and
 orbax's retention are not confused by it, and the previous one is used.
-"Unreadable" means corrupt: an intact checkpoint whose tree or shapes differ
-from the template (another model) raises ``IncompatibleCheckpoint`` and is
-left alone, and a ``read_only`` Checkpointer (``evaluate``) never renames,
+"Unreadable" means corrupt: a checkpoint whose saved tree, shapes or dtypes
+differ from the template's in any way (another model: a leaf added or
+removed, a shape grown or shrunk; read from its metadata before any array)
+raises ``IncompatibleCheckpoint`` and is left alone, and a ``read_only`` Checkpointer (``evaluate``) never renames,
 cleans up or saves anything.
+
+With several processes every process checks each step (metadata, restore,
+checksums of the arrays it holds) and the verdicts are all-gathered
+(``agreed_verdict``): every host takes the same branch (restore, set aside,
+refuse) and meets the same barriers.
 
 Saving is asynchronous by default: ``maybe_save`` returns once the arrays are
 copied to host memory (so the caller may donate or delete them right away),
@@ -35,6 +45,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from typing import Any, NamedTuple
 
 import jax
@@ -48,6 +59,12 @@ _log = logging.getLogger(__name__)
 STATE_ITEM = "state"
 EXTRA_ITEM = "extra"
 UNREADABLE_SUFFIX = ".unreadable-"
+# Key of ``extra`` holding {leaf path: CRC-32 of its bytes}; not returned to callers.
+CHECKSUM_KEY = "_array_crc32"
+
+# What one process found of one checkpoint step, ordered so that the worst
+# (the largest) wins when processes disagree (``agreed_verdict``).
+READABLE, UNREADABLE, OTHER_MODEL = 0, 1, 2
 
 
 class Restored(NamedTuple):
@@ -103,6 +120,56 @@ def _check_json(extra: dict) -> dict:
         f"lists, dicts); got {extra!r}: {e}. Convert arrays with .tolist() "
         "and RNG keys with rng_to_list().") from e
   return extra
+
+
+def _host_value(leaf: Any) -> np.ndarray | None:
+  """The whole value of ``leaf`` as this process sees it; None where it
+  holds only part of it (a sharded array on several hosts: not checked)."""
+  if isinstance(leaf, jax.Array):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    if leaf.is_fully_replicated:
+      return np.asarray(leaf.addressable_data(0))
+    if leaf.is_fully_addressable:
+      return np.asarray(leaf)
+    return None
+  if isinstance(leaf, (np.ndarray, np.generic)):
+    return np.asarray(leaf)
+  return None  # Python scalars: stored in JSON-like metadata, not array data
+
+
+def array_checksums(state: Any) -> dict[str, int]:
+  """{leaf path: CRC-32 of its C-order bytes} for every array leaf this
+  process holds whole (see ``_host_value``)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    value = _host_value(leaf)
+    if value is not None:
+      out[jax.tree_util.keystr(path)] = zlib.crc32(np.ascontiguousarray(value).tobytes())
+  return out
+
+
+def checksum_mismatches(saved: dict, state: Any) -> list[str]:
+  """Leaf paths whose restored bytes differ from the saved CRC-32."""
+  actual = array_checksums(state)
+  return sorted(k for k, crc in saved.items() if k in actual and actual[k] != int(crc))
+
+
+def agreed_verdict(verdicts: Any) -> int:
+  """One verdict for a step from every process's: the worst one.
+
+  A step is used only if every process restored it intact; a process that
+  found another model outranks one that found damage (nothing is renamed).
+  """
+  return int(np.max(np.asarray(verdicts, dtype=np.int64)))
+
+
+def _agree(verdict: int) -> int:
+  """``agreed_verdict`` over every process (an all-gather); the same int on each."""
+  if jax.process_count() == 1:
+    return verdict
+  from jax.experimental import multihost_utils
+  return agreed_verdict(multihost_utils.process_allgather(np.asarray([verdict], np.int32)))
 
 
 class Checkpointer:
@@ -205,8 +272,13 @@ class Checkpointer:
     if self.read_only:
       raise ValueError(f"{self.directory} was opened read_only; it can't be saved to.")
     extra = _check_json(dict(extra or {}))
+    if CHECKSUM_KEY in extra:
+      raise ValueError(f"extra must not use the reserved key {CHECKSUM_KEY!r}")
     if not self.should_save(step, force=force):
       return False
+    # Computed from the same values orbax copies to host now (the arrays may
+    # be donated right after this returns).
+    extra[CHECKSUM_KEY] = array_checksums(state)
     saved = self._manager.save(
         step,
         args=ocp.args.Composite(**{
@@ -241,16 +313,19 @@ class Checkpointer:
       with _quiet_closed_loop_errors():
         out = self._manager.restore(
             step, args=ocp.args.Composite(**{EXTRA_ITEM: ocp.args.JsonRestore()}))
-      return dict(out[EXTRA_ITEM])
+      extra = dict(out[EXTRA_ITEM])
+      extra.pop(CHECKSUM_KEY, None)
+      return extra
     except Exception:  # pylint: disable=broad-except
       return None
 
   def newest_extra(self) -> tuple[int, dict] | None:
-    """(step, extra) of the newest checkpoint whose ``extra`` reads back."""
+    """(step, extra) of the newest checkpoint whose ``extra`` reads back
+    (on every process: they agree on the step)."""
     self._manager.reload()
     for step in sorted(self._manager.all_steps(), reverse=True):
       extra = self.read_extra(step)
-      if extra is not None:
+      if _agree(UNREADABLE if extra is None else READABLE) == READABLE:
         return step, extra
     return None
 
@@ -265,14 +340,15 @@ class Checkpointer:
     Returns:
       ``Restored(step, state, extra)``, or None when the directory holds no
       readable checkpoint. Every unreadable checkpoint newer than the one
-      used is logged as a warning naming its step and renamed out of the way
-      (``<step>.unreadable-<time>``, kept for inspection; in ``read_only``
-      mode only skipped).
+      used (a read error, or arrays whose CRC-32 differs from the one saved
+      with them) is logged as a warning naming its step and renamed out of
+      the way (``<step>.unreadable-<time>``, kept for inspection; in
+      ``read_only`` mode only skipped).
 
     Raises:
-      IncompatibleCheckpoint: the checkpoint is intact but holds a state of
-        another structure or shapes (another model or optimizer): nothing is
-        renamed then.
+      IncompatibleCheckpoint: the newest checkpoint's metadata holds a tree,
+        shapes or dtypes other than the template's (another model or
+        optimizer): nothing is renamed then.
     """
     target = jax.tree_util.tree_map_with_path(_as_restore_target, template)
     self.wait()
@@ -280,30 +356,22 @@ class Checkpointer:
     unreadable = []
     restored = None
     for step in sorted(self._manager.all_steps(), reverse=True):
-      try:
-        with _quiet_closed_loop_errors():
-          out = self._manager.restore(
-              step,
-              args=ocp.args.Composite(**{
-                  STATE_ITEM: ocp.args.StandardRestore(target),
-                  EXTRA_ITEM: ocp.args.JsonRestore(),
-              }))
-      except Exception as e:  # pylint: disable=broad-except
-        mismatch = self._structure_mismatch(step, target)
-        if mismatch:
-          raise IncompatibleCheckpoint(
-              f"checkpoint {step} in {self.directory} is intact but holds a different "
-              f"state ({mismatch}): another model or optimizer. Nothing was changed; use "
-              "another workdir for this config.") from e
-        # Any other failure to read (TensorStore DATA_LOSS, JSON decode
-        # errors, missing items) means this checkpoint can't be trusted.
+      verdict, detail, out = self._try_restore(step, target)
+      verdict = _agree(verdict)
+      if verdict == OTHER_MODEL:
+        raise IncompatibleCheckpoint(
+            f"checkpoint {step} in {self.directory} holds a different model "
+            f"({detail or 'so says another process'}): another model or optimizer; every "
+            "checkpoint is left intact. Use another workdir for this config.")
+      if verdict == UNREADABLE:
         _log.warning(
-            "Checkpoint step %d in %s is unreadable (%s: %s); falling back "
-            "to the previous checkpoint.", step, self.directory,
-            type(e).__name__, _first_line(e))
+            "Checkpoint step %d in %s is unreadable (%s); falling back to the previous "
+            "checkpoint.", step, self.directory, detail or "on another process")
         unreadable.append(step)
         continue
-      restored = Restored(step, out[STATE_ITEM], dict(out[EXTRA_ITEM]))
+      extra = dict(out[EXTRA_ITEM])
+      extra.pop(CHECKSUM_KEY, None)
+      restored = Restored(step, out[STATE_ITEM], extra)
       break
     self._set_aside(unreadable)
     if restored is None:
@@ -320,6 +388,41 @@ class Checkpointer:
       _log.info("Resuming from checkpoint step %d in %s", restored.step,
                 self.directory)
     return restored
+
+  def _try_restore(self, step: int, target: Any) -> tuple[int, str, Any]:
+    """(verdict, why, restored items) of checkpoint ``step`` on this process.
+
+    The saved tree's metadata is compared with ``target`` before any array
+    is read, so that another model is never mistaken for damage; then the
+    arrays are restored and their CRC-32 compared with the saved ones.
+    """
+    try:
+      saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / STATE_ITEM)
+      saved = getattr(saved, "tree", saved)
+    except Exception as e:  # pylint: disable=broad-except
+      return UNREADABLE, f"its metadata: {type(e).__name__}: {_first_line(e)}", None
+    mismatch = tree_difference(saved, target)
+    if mismatch:
+      return OTHER_MODEL, mismatch, None
+    try:
+      with _quiet_closed_loop_errors():
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(**{
+                STATE_ITEM: ocp.args.StandardRestore(target),
+                EXTRA_ITEM: ocp.args.JsonRestore(),
+            }))
+    except Exception as e:  # pylint: disable=broad-except
+      # TensorStore DATA_LOSS, JSON decode errors, missing items: this
+      # checkpoint can't be trusted.
+      return UNREADABLE, f"{type(e).__name__}: {_first_line(e)}", None
+    saved_crc = dict(out[EXTRA_ITEM]).get(CHECKSUM_KEY)
+    if saved_crc is not None:  # checkpoints of older versions have none
+      bad = checksum_mismatches(saved_crc, out[STATE_ITEM])
+      if bad:
+        return (UNREADABLE, f"CRC-32 mismatch in {len(bad)} array(s), e.g. {bad[0]}: the "
+                "array data changed after it was written", None)
+    return READABLE, "", out
 
   def _set_aside(self, steps: list[int]) -> None:
     """Renames unreadable step dirs so that orbax no longer lists them.
@@ -347,36 +450,46 @@ class Checkpointer:
     self._manager.reload()
 
 
-  def _structure_mismatch(self, step: int, target: Any) -> str | None:
-    """How checkpoint ``step``'s saved tree differs from ``target``; None if
-    it matches or its metadata can't be read (then it counts as corrupt)."""
-    try:
-      saved = json.loads((self.directory / str(step) / STATE_ITEM / "_METADATA").read_text())
-      saved = {tuple(str(k["key"]) for k in v["key_metadata"]):
-               v["value_metadata"].get("write_shape")
-               for v in saved["tree_metadata"].values()
-               if not v["value_metadata"].get("skip_deserialize")}  # empty nodes
-    except Exception:  # pylint: disable=broad-except
-      return None
-    wanted = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
-      key = tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
-                  for k in path)
-      wanted[key] = list(np.shape(leaf))
-    only_saved, only_wanted = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
-    if only_saved or only_wanted:
-      example = ("/".join((only_saved or only_wanted)[0]))
-      return (f"{len(only_saved)} saved arrays not in this config's state, "
-              f"{len(only_wanted)} of its arrays not saved, e.g. {example}")
-    for key, shape in wanted.items():
-      # write_shape is the chunk each writer wrote (a replicated array is
-      # split over the devices), so it only bounds the saved shape.
-      chunk = saved[key]
-      if chunk is not None and (len(chunk) != len(shape)
-                                or any(c > d for c, d in zip(chunk, shape))):
-        return (f"{'/'.join(key)} was saved in chunks of shape {tuple(chunk)}, which do not "
-                f"fit this config's shape {tuple(shape)}")
+def _key_name(entry: Any) -> str:
+  return str(getattr(entry, "name", getattr(entry, "key", getattr(entry, "idx", entry))))
+
+
+def _leaves_by_name(tree: Any) -> dict[tuple[str, ...], Any]:
+  """{("opt_state", "0", "mu", "kernel"): leaf}: paths by name only, since the
+  saved metadata holds dicts and lists where the state has named tuples."""
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
+  return {tuple(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _dtype(leaf: Any) -> np.dtype | None:
+  """The NumPy dtype of an array leaf; None for Python scalars and key arrays."""
+  try:
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") and hasattr(leaf, "shape") else None
+  except TypeError:
     return None
+
+
+def tree_difference(saved: Any, target: Any) -> str | None:
+  """How a checkpoint's saved tree metadata differs from ``target``: a leaf
+  added or removed, any shape or array dtype not equal; None when equal."""
+  saved, wanted = _leaves_by_name(saved), _leaves_by_name(target)
+  only_saved = sorted(set(saved) - set(wanted))
+  only_wanted = sorted(set(wanted) - set(saved))
+  if only_saved or only_wanted:
+    example = "/".join((only_saved or only_wanted)[0])
+    return (f"{len(only_saved)} saved arrays not in this config's state, "
+            f"{len(only_wanted)} of its arrays not saved, e.g. {example}")
+  for key, leaf in wanted.items():
+    have = saved[key]
+    saved_shape, shape = tuple(getattr(have, "shape", ())), tuple(np.shape(leaf))
+    if saved_shape != shape:
+      return f"{'/'.join(key)} has shape {saved_shape} saved, {shape} in this config"
+    if _dtype(have) is not None and _dtype(leaf) is not None:
+      if _dtype(have) != _dtype(leaf):
+        return (f"{'/'.join(key)} has dtype {_dtype(have)} saved, "
+                f"{_dtype(leaf)} in this config")
+  return None
 
 
 class IncompatibleCheckpoint(ValueError):

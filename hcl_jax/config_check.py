@@ -28,6 +28,7 @@ so the commands of the README also work after a plain ``pip install``.
 from __future__ import annotations
 
 import difflib
+import math
 import pathlib
 from typing import Any, Sequence
 
@@ -170,11 +171,34 @@ def _one_of(config: Any, key: str, allowed: Any) -> None:
     raise ConfigError(f"config.{key} must be one of {allowed}; got {value!r}.")
 
 
+def _finite(value: Any) -> bool:
+  """A number (not a bool) that is neither inf nor NaN."""
+  return checks.is_number(value) and math.isfinite(value)
+
+
 def _number(config: Any, key: str, is_allowed: Any, allowed: str) -> None:
-  """ConfigError unless ``config.key`` is a number (not a bool) with ``is_allowed(value)``."""
+  """ConfigError unless ``config.key`` is a finite number (not a bool) with
+  ``is_allowed(value)``; ``allowed`` says what is, for the message."""
   value = _value(config, key)
-  if not checks.is_number(value) or not is_allowed(value):
-    raise ConfigError(f"config.{key} must be {allowed}; got {value!r}.")
+  if not _finite(value) or not is_allowed(value):
+    raise ConfigError(f"config.{key} must be a finite number, {allowed}; got {value!r}.")
+
+
+def _numbers(config: Any, key: str, length: int, is_allowed: Any, allowed: str) -> None:
+  """As :func:`_number` for a tuple of ``length`` numbers, ``is_allowed(values)``."""
+  value = _value(config, key)
+  try:
+    values = tuple(value)
+  except TypeError:
+    values = ()
+  if (len(values) != length or not all(_finite(v) for v in values)
+      or not is_allowed(values)):
+    raise ConfigError(f"config.{key} must be {length} finite numbers, {allowed}; "
+                      f"got {value!r}.")
+
+
+def _probability(config: Any, key: str) -> None:
+  _number(config, key, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 
 
 def _check_model(config: Any) -> None:
@@ -182,7 +206,7 @@ def _check_model(config: Any) -> None:
 
   _one_of(config, "model.name", sorted(models.MODELS))
   _one_of(config, "model.stem", models.STEMS)
-  _number(config, "model.width_multiplier", lambda v: v > 0, "a number > 0")
+  _number(config, "model.width_multiplier", lambda v: v > 0, "> 0")
   width = config.model.width_multiplier
   if round(64 * width) < 1:
     raise ConfigError(
@@ -196,9 +220,9 @@ def _check_optimizer(config: Any) -> None:
   from hcl_jax import optim
 
   _one_of(config, "optimizer.name", optim.OPTIMIZERS)
-  _number(config, "optimizer.learning_rate", lambda v: v > 0, "a number > 0")
-  _number(config, "optimizer.weight_decay", lambda v: v >= 0, "a number >= 0")
-  _number(config, "optimizer.warmup_epochs", lambda v: v >= 0, "a number >= 0")
+  _number(config, "optimizer.learning_rate", lambda v: v > 0, "> 0")
+  _number(config, "optimizer.weight_decay", lambda v: v >= 0, ">= 0")
+  _number(config, "optimizer.warmup_epochs", lambda v: v >= 0, ">= 0")
   warmup = config.optimizer.warmup_epochs
   if config.optimizer.name == "lars" and warmup > config.num_epochs:
     raise ConfigError(
@@ -210,11 +234,48 @@ def _check_loss(config: Any) -> None:
   from hcl_jax import train_step
 
   _one_of(config, "loss.name", registry.LOSSES)
-  _number(config, "loss.temperature", lambda v: v > 0, "a number > 0")
-  _number(config, "loss.tau_plus", lambda v: 0 <= v < 1, "a number in [0, 1)")
-  _number(config, "loss.beta", lambda v: v >= 0, "a number >= 0")
+  _number(config, "loss.temperature", lambda v: v > 0, "> 0")
+  _number(config, "loss.tau_plus", lambda v: 0 <= v < 1, "in [0, 1)")
+  _number(config, "loss.beta", lambda v: v >= 0, ">= 0")
   _one_of(config, "loss.beta_anneal", train_step.BETA_ANNEALS)
   _positive_int(config, "loss.block_size", minimum=0)
+
+
+def _check_augment(config: Any) -> None:
+  """The augmentation's values, as torchvision's transforms allow them."""
+  _numbers(config, "augment.crop_scale", 2, lambda v: 0 < v[0] <= v[1] <= 1,
+           "(low, high) with 0 < low <= high <= 1 (fractions of the image area)")
+  _numbers(config, "augment.crop_ratio", 2, lambda v: 0 < v[0] <= v[1],
+           "(low, high) with 0 < low <= high (aspect ratios)")
+  for key in ("flip_prob", "jitter_prob", "grayscale_prob"):
+    _probability(config, f"augment.{key}")
+  for key in ("brightness", "contrast", "saturation"):
+    _number(config, f"augment.{key}", lambda v: v >= 0, ">= 0 (jitter factor in [1-x, 1+x])")
+  _number(config, "augment.hue", lambda v: 0 <= v <= 0.5, "in [0, 0.5]")
+  _check_augment_blur(config.augment)
+
+
+def _check_data(config: Any) -> None:
+  """The input pipeline's values."""
+  _positive_int(config, "data.shuffle_buffer")
+  value = config.data.num_parallel_calls
+  if not checks.is_int(value) or (value != -1 and value < 1):
+    raise ConfigError(f"config.data.num_parallel_calls must be -1 (autotune) or an int >= 1; "
+                      f"got {value!r}.")
+  _positive_int(config, "data.threadpool_size", minimum=0)
+  _numbers(config, "data.mean", 3, lambda v: True, "one per RGB channel")
+  _numbers(config, "data.std", 3, lambda v: min(v) > 0, "one per RGB channel, each > 0")
+
+
+def _check_eval(config: Any) -> None:
+  """The evaluation's values: checked now, not after the pre-training."""
+  for key in ("eval.knn_k", "eval.linear_epochs", "eval.linear_batch_size"):
+    _positive_int(config, key)
+  _number(config, "eval.knn_temperature", lambda v: v > 0, "> 0")
+  _number(config, "eval.linear_learning_rate", lambda v: v > 0, "> 0")
+  _number(config, "eval.linear_weight_decay", lambda v: v >= 0, ">= 0")
+  _one_of(config, "eval.readout", READOUTS)
+  _positive_int(config, "eval.image_size", minimum=0)
 
 
 def check_batch_split(config: Any, num_devices: int) -> None:
@@ -244,18 +305,17 @@ def validate_run_config(config: Any, num_devices: int = 1) -> None:
   _positive_int(config, "batch_size", minimum=2)
   _positive_int(config, "num_epochs")
   check_batch_split(config, num_devices)
-  for key in ("image_size", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
-              "eval.knn_k", "eval.linear_epochs", "eval.linear_batch_size"):
+  for key in ("image_size", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
     _positive_int(config, key)
   _positive_int(config, "seed", minimum=0)
-  _one_of(config, "eval.readout", READOUTS)
-  _positive_int(config, "eval.image_size", minimum=0)
+  _check_eval(config)
+  _check_data(config)
   size = config.model.bn_group_size
   if not checks.is_int(size) or size < 0 or size == 1 or (size and config.batch_size % size):
     raise ConfigError(
         f"config.model.bn_group_size must be 0 (statistics over the whole per-view batch) or "
         f"an int >= 2 dividing config.batch_size={config.batch_size}; got {size!r}.")
-  _check_augment_blur(config.augment)
+  _check_augment(config)
   from hcl_jax import divergence
   _one_of(config, "on_nonfinite", divergence.MODES)
   from hcl_jax import profiling
@@ -271,12 +331,12 @@ def _check_augment_blur(augment: Any) -> None:
     raise ConfigError(f"config.augment.blur_kernel_size must be an odd int >= 1 (1: no blur); "
                       f"got {size!r}.")
   prob = augment.blur_prob
-  if not checks.is_number(prob) or not 0 <= prob <= 1:
+  if not _finite(prob) or not 0 <= prob <= 1:
     raise ConfigError(f"config.augment.blur_prob must be in [0, 1]; got {prob!r}.")
   sigma = tuple(augment.blur_sigma)
-  if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
-    raise ConfigError(f"config.augment.blur_sigma must be (low, high) with 0 < low <= high; "
-                      f"got {sigma!r}.")
+  if len(sigma) != 2 or not all(_finite(v) for v in sigma) or not 0 < sigma[0] <= sigma[1]:
+    raise ConfigError(f"config.augment.blur_sigma must be (low, high), finite, with "
+                      f"0 < low <= high; got {sigma!r}.")
 
 
 # Keys an older run's config.json may hold that nothing reads any more:

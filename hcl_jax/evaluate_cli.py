@@ -33,9 +33,10 @@ from hcl_jax import distributed
 from hcl_jax import entry_point
 from hcl_jax import registry
 from hcl_jax import workdir_fs
+from hcl_jax import run_guard
 from hcl_jax.run_guard import RunError
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = run_guard.RESULTS_JSON
 EVALUATIONS_KEY = "evaluations"
 
 
@@ -64,7 +65,9 @@ def record_evaluation(results: dict[str, Any], step: int, protocol: str,
 def load_config(workdir: str, readout: str | None = None) -> Any:
   """The run's saved ``config.json``, ``readout`` (if given) as config.eval.readout, checked.
 
-  Raises RunError (one line naming the file) for a missing or invalid config.
+  Raises RunError (one line naming the file) for a missing or invalid config,
+  and for a results.json that is not a JSON object: checked here, before the
+  evaluation, so that a damaged file does not cost an evaluation.
   """
   import ml_collections
 
@@ -80,6 +83,7 @@ def load_config(workdir: str, readout: str | None = None) -> Any:
     config = config_check.validate(config)  # the saved config, before anything compiles
   except ValueError as e:
     raise RunError(f"{config_path}: {e}") from None
+  run_guard.read_results(workdir)
   return config
 
 
@@ -114,12 +118,7 @@ def _evaluate(workdir: str, config: Any) -> dict[str, Any]:
     raise RunError(f"no readable checkpoint in {root / 'checkpoints'}.")
   evaluation = evaluate.evaluate_encoder(config, model, restored.state, mesh)
   results_path = root / RESULTS_FILE
-  try:
-    results = workdir_fs.read_json(results_path)
-  except FileNotFoundError:
-    results = {}
-  if not isinstance(results, dict):
-    raise RunError(f"{results_path} does not hold a JSON object; not overwriting it.")
+  results = run_guard.read_results(workdir)  # again: training may have written it since
   results = record_evaluation(results, restored.step, config.eval.readout, evaluation)
   if jax.process_index() == 0:
     workdir_fs.write_json(results_path, results)

@@ -125,13 +125,15 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
     rng = rng_from_list(extra["rng"])
     if extra["data_step"] != start_step:
       raise RuntimeError(f"checkpoint {start_step} has data position {extra['data_step']}.")
+  total_steps = config.num_epochs * steps_per_epoch
+  if restored is not None:
+    _check_resumable(restored, total_steps, mesh.size, config, workdir)
   if start_step:
     print(f"Resuming from checkpoint {start_step} in {workdir}.", flush=True)
   attempts = run_guard.Attempts(workdir, enabled=is_main)
   monitor = divergence.DivergenceMonitor(config.on_nonfinite, start_step)
 
   data = data_lib.make_pretrain_dataset(config, start_step=start_step)
-  total_steps = config.num_epochs * steps_per_epoch
   # Compiled on every process before any of them runs it (hcl_jax.compile_sync).
   train_step = compile_sync.synced_first_call(
       train_step_lib.make_train_step(config, mesh, steps_per_epoch, model), "train_step")
@@ -180,7 +182,8 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
           # is seeded by step), but the RNG is saved so that features that do
           # resume.
           ckpt.maybe_save(step, state, {"data_step": step, "rng": rng_to_list(rng),
-                                        run_guard.IDENTITY_KEY: identity}, force=force)
+                                        run_guard.IDENTITY_KEY: identity,
+                                        NUM_DEVICES_KEY: mesh.size}, force=force)
           logger.flush()  # a kill after this checkpoint keeps the metrics up to it
           attempts.touch()
         if stopped:
@@ -231,7 +234,11 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   if monitor.skipped:
     results["skipped_updates"] = monitor.skipped
   if is_main:
-    workdir_fs.write_json(workdir_fs.as_path(workdir) / "results.json", results)
+    # Evaluations that `python -m hcl_jax.evaluate` recorded earlier stay.
+    earlier = run_guard.read_results(workdir).get("evaluations")
+    if earlier:
+      results["evaluations"] = earlier
+    workdir_fs.write_json(workdir_fs.as_path(workdir) / run_guard.RESULTS_JSON, results)
   logger.log_evaluation(total_steps, {**trained, **{f"random_init_{k}": v
                                                     for k, v in initial.items()}})
   logger.write(
@@ -240,6 +247,29 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
       f"{trained['knn_top1']:.2f}% vs {initial['knn_top1']:.2f}%.")
   logger.close()
   return results
+
+
+NUM_DEVICES_KEY = "num_devices"  # in each checkpoint's extra: the device count it was saved on
+
+
+def _check_resumable(restored: Any, total_steps: int, num_devices: int, config: Any,
+                     workdir: str) -> None:
+  """Refuses a checkpoint past this config's end (RunError, one line); notes,
+  on the console and in the metrics log's text, a change of device count."""
+  from hcl_jax import run_guard
+
+  if restored.step > total_steps:
+    raise run_guard.RunError(
+        f"checkpoint {restored.step} in {workdir} is past the end of this config's "
+        f"{total_steps} steps (num_epochs={config.num_epochs}); refusing to report a "
+        f"{restored.step}-step state as {total_steps} steps. Pass a --config.num_epochs that "
+        "covers it, or evaluate it with `python -m hcl_jax.evaluate`.")
+  saved_on = restored.extra.get(NUM_DEVICES_KEY)
+  if saved_on is not None and saved_on != num_devices:
+    print(f"Note: checkpoint {restored.step} was saved on {saved_on} device(s); resuming on "
+          f"{num_devices} (the global batch of {config.batch_size} is the same; per-device "
+          "batches and reduction order differ, so results are not bit-equal to a run on "
+          f"{saved_on}).", flush=True)
 
 
 def _check_identity(ckpt: Any, identity: dict, workdir: str, allow_change: bool) -> None:

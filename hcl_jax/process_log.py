@@ -4,9 +4,12 @@ On a pod slice every worker VM has its own terminal output, and a preempted
 VM takes it along. ``ProcessLog`` copies what this process prints (its
 ``sys.stdout``/``sys.stderr``) and every Python log record at or above the
 root logger's level (absl, orbax, hcl_jax) into ``logs/process_<i>.log``
-through the workdir layer (``workdir_fs.RewrittenFile``: local or gs://),
 every ``flush_every_s`` seconds from a background thread and once more on
-exit. Output that native code writes straight to file descriptor 2 (XLA's C++
+exit. Locally the new text is appended (``O_APPEND``, one write per flush),
+never the whole file rewritten, so two writers of one log (a rerun started
+while the old process still prints its last lines) lose no line; on gs://,
+where objects can't be appended to, the file is rewritten whole
+(``workdir_fs.RewrittenFile``). Output that native code writes straight to file descriptor 2 (XLA's C++
 logging) is not in it.
 
   with ProcessLog(workdir, jax.process_index()):
@@ -34,10 +37,45 @@ def log_path(workdir: str | os.PathLike, process_index: int):
   return workdir_fs.as_path(workdir) / LOG_DIR / f"process_{process_index}.log"
 
 
+class _AppendedFile:
+  """A local file that ``flush`` appends the pending text to (``O_APPEND``).
+
+  The same interface as ``workdir_fs.RewrittenFile``. Thread-safe.
+  """
+
+  def __init__(self, path):
+    self.path = path
+    self._pending: list[bytes] = []
+    self._lock = threading.Lock()
+
+  def append(self, data: bytes | str) -> None:
+    if isinstance(data, str):
+      data = data.encode("utf-8")
+    with self._lock:
+      self._pending.append(data)
+
+  def flush(self) -> None:
+    with self._lock:
+      data, self._pending = b"".join(self._pending), []
+      if not data:
+        return
+      os.makedirs(os.path.dirname(os.fspath(self.path)), exist_ok=True)
+      fd = os.open(os.fspath(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+      try:
+        view = memoryview(data)
+        while view:  # a write may be short; each continues at the end of the file
+          view = view[os.write(fd, view):]
+      finally:
+        os.close(fd)
+
+  def close(self) -> None:
+    self.flush()
+
+
 class _Tee:
   """A text stream that writes to ``stream`` and to the log file."""
 
-  def __init__(self, stream: TextIO, file: workdir_fs.RewrittenFile):
+  def __init__(self, stream: TextIO, file: workdir_fs.RewrittenFile | _AppendedFile):
     self._stream, self._file = stream, file
 
   def write(self, text: str) -> int:
@@ -53,7 +91,7 @@ class _Tee:
 
 class _FileHandler(logging.Handler):
 
-  def __init__(self, file: workdir_fs.RewrittenFile):
+  def __init__(self, file: workdir_fs.RewrittenFile | _AppendedFile):
     super().__init__()
     self._file = file
     self.setFormatter(logging.Formatter(
@@ -72,10 +110,12 @@ class ProcessLog:
   def __init__(self, workdir: str | os.PathLike, process_index: int, *,
                flush_every_s: float = 10.0):
     path = log_path(workdir, process_index)
-    initial = path.read_bytes() if path.exists() else b""
-    # The background thread flushes; appends never block on the upload.
-    self._file = workdir_fs.RewrittenFile(path, initial=initial,
-                                          flush_every_s=float("inf"))
+    # The background thread flushes; appends never block on the write.
+    if workdir_fs.is_remote(path):
+      initial = path.read_bytes() if path.exists() else b""
+      self._file = workdir_fs.RewrittenFile(path, initial=initial, flush_every_s=float("inf"))
+    else:
+      self._file = _AppendedFile(path)
     self._flush_every_s = flush_every_s
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None

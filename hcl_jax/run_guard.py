@@ -37,6 +37,9 @@ from etils import epath
 LOCK_FILE = "run.lock"
 ATTEMPTS_FILE = "attempts.json"
 CONFIG_JSON = "config.json"
+RESULTS_JSON = "results.json"
+CHECKPOINTS_DIR = "checkpoints"
+METRICS_JSONL = "metrics.jsonl"
 IDENTITY_KEY = "identity"
 
 # Exit code for "interrupted before or after training, nothing lost, run it
@@ -173,12 +176,16 @@ class WorkdirLock:
         continue  # released in between: try again
       if not self._holder_gone(holder):
         if holder.get("host") == record["host"]:
+          pid = holder.get("pid")
           raise WorkdirLocked(
               f"{self.path} is held by a running job ({self._describe(holder)}); refusing to "
-              "start a second run on the same workdir.")
+              f"start a second run on the same workdir. Wait for it to finish, or see it with "
+              f"`ps -o pid,etime,args -p {pid}` and stop it with `kill {pid}` (it saves a "
+              "checkpoint and exits 75; rerun this command then to continue).")
         raise WorkdirLocked(
             f"{self.path} is held by a job on another host ({self._describe(holder)}); "
-            "refusing to start. If that job is dead, delete the lock file and start again.")
+            "refusing to start. Wait for it, or stop it on that host (`kill PID` there); if that "
+            "job is dead, delete the lock file and start again.")
       self.took_over = holder
       self.path.unlink(missing_ok=True)
     raise WorkdirLocked(f"{self.path}: could not take the lock (another run keeps taking it).")
@@ -335,6 +342,48 @@ class Attempts:
     workdir_fs.write_text(self.path, json.dumps(records, indent=1) + "\n")
 
 
+def read_results(workdir: str | os.PathLike) -> dict[str, Any]:
+  """``<workdir>/results.json`` as a dict ({} if absent); RunError (one line
+  naming it) if it is not a readable JSON object, so that nothing overwrites it."""
+  path = epath.Path(workdir) / RESULTS_JSON
+  try:
+    results = json.loads(path.read_text())
+  except FileNotFoundError:
+    return {}
+  except (ValueError, UnicodeDecodeError) as e:
+    raise RunError(f"{path}: not valid JSON ({e}); move it aside (it is not "
+                   "overwritten) and run again.") from None
+  except OSError as e:
+    raise RunError(f"{os_error_line(e, path)}; results.json must be a readable file.") from None
+  if not isinstance(results, dict):
+    raise RunError(f"{path} does not hold a JSON object; move it aside (it is not "
+                   "overwritten) and run again.")
+  return results
+
+
+def check_workdir_entries(workdir: str | os.PathLike) -> None:
+  """RunError (one line naming the path) for a workdir entry the run can't
+  use: ``checkpoints`` that is not a directory, a ``metrics.jsonl`` that is
+  not a readable file, a ``results.json`` that is not a JSON object. Checked
+  before anything is written, so nothing there is truncated or replaced."""
+  root = epath.Path(workdir)
+  checkpoints = root / CHECKPOINTS_DIR
+  if checkpoints.exists() and not checkpoints.is_dir():
+    raise RunError(f"{checkpoints}: exists and is not a directory; the run keeps its "
+                   "checkpoints there. Move it aside and run again.")
+  metrics = root / METRICS_JSONL
+  if metrics.exists():
+    if metrics.is_dir():
+      raise RunError(f"{metrics}: is a directory, not the run's metrics file. Move it aside "
+                     "and run again.")
+    try:
+      with metrics.open("rb") as f:
+        f.read(1)
+    except OSError as e:
+      raise RunError(f"{os_error_line(e, metrics)}; the run appends its metrics there.") from None
+  read_results(root)
+
+
 def hold_workdir(workdir: str | os.PathLike, *, is_main: bool) -> "_HeldWorkdir":
   """Context manager: checks ``workdir`` is usable and holds its lock (process 0).
 
@@ -361,6 +410,12 @@ class _HeldWorkdir:
                          "a directory (or a path that does not exist yet).")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lock = WorkdirLock(self.workdir).acquire()
+        try:
+          check_workdir_entries(self.workdir)
+        except BaseException:
+          self.lock.release()
+          self.lock = None
+          raise
       except (RunError, OSError) as e:
         error = e
     import jax
@@ -486,7 +541,8 @@ class one_line_errors:
     os_failure = os_failure_line(exc, self.workdir)
     if os_failure is not None:
       self._exit(f"error: {os_failure}", 1)
-    if isinstance(exc, ValueError):  # config and data errors
+    if isinstance(exc, (ValueError, OSError)):  # config and data errors; an OSError
+      # without strerror (DatasetNotPreparedError) carries its whole message
       self._exit(f"error: {exc}", 1)
     return False
 

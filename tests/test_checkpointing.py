@@ -307,3 +307,101 @@ def test_sigterm_saves_exits_zero_and_resume_matches_straight_run(tmp_path):
   # Straight run: saves at 50, 100 and the final 120, keeps the last 2.
   assert sorted(os.listdir(tmp_path / "straight" / "checkpoints")) == [
       "100", "120"]
+
+
+def _largest_data_file(step_dir) -> str:
+  files = glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+  return max(files, key=os.path.getsize)
+
+
+def _flip_one_byte(path: str) -> None:
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x01
+  open(path, "wb").write(bytes(data))
+
+
+def test_one_flipped_byte_in_array_data_falls_back_to_previous_step(tmp_path, caplog):
+  """TensorStore decodes a checkpoint with one flipped byte of compressed
+  array data into changed weights without an error (checked below with plain
+  orbax); the saved CRC-32 catches it."""
+  import orbax.checkpoint as ocp
+
+  values = {s: np.random.default_rng(s).standard_normal(1000).astype(np.float32)
+            for s in (1, 2, 3)}
+  with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
+    for s in (1, 2, 3):
+      ckpt.maybe_save(s, {"w": jnp.asarray(values[s])}, {"data_step": s})
+  _flip_one_byte(_largest_data_file(str(tmp_path / "3")))
+  target = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32,
+                                      sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+  silently = ocp.StandardCheckpointer().restore(tmp_path / "3" / "state", target)
+  assert (np.asarray(silently["w"]) != values[3]).any()  # the damage orbax does not see
+  with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
+    with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
+      step, got, extra = ckpt.restore_latest({"w": jnp.zeros(1000)})
+  assert step == 2 and extra == {"data_step": 2}
+  np.testing.assert_array_equal(np.asarray(got["w"]), values[2])
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any("step 3" in m and "CRC-32 mismatch" in m for m in warnings), warnings
+  assert any("step 2" in m and "[3]" in m for m in warnings), warnings  # both step numbers
+  assert glob.glob(str(tmp_path / "3.unreadable-*"))
+
+
+def _adam_state(shapes: dict) -> dict:
+  params = {k: jnp.ones(v) for k, v in shapes.items()}
+  return {"params": params, "opt_state": optax.adam(1e-3).init(params)}
+
+
+@pytest.mark.parametrize("saved, wanted, named", [
+    ({"proj": (4, 8)}, {"proj": (4, 16)}, r"proj has shape \(4, 8\) saved, \(4, 16\)"),  # grown
+    ({"proj": (4, 16)}, {"proj": (4, 8)}, r"shape \(4, 16\) saved, \(4, 8\)"),           # shrunk
+    ({"proj": (4, 8)}, {"proj": (4, 8), "extra": (3,)}, r"0 saved arrays not in"),      # added
+    ({"proj": (4, 8), "extra": (3,)}, {"proj": (4, 8)}, r"not in this config's state"),  # removed
+])
+def test_any_shape_or_tree_change_is_a_different_model_and_renames_nothing(
+    tmp_path, saved, wanted, named):
+  with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
+    for s in (1, 2):
+      ckpt.maybe_save(s, _adam_state(saved))
+  before = sorted(os.listdir(tmp_path))
+  from hcl_jax.checkpointing import IncompatibleCheckpoint
+  with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
+    with pytest.raises(IncompatibleCheckpoint, match="checkpoint 2 .* different model") as err:
+      ckpt.restore_latest(_adam_state(wanted))
+  assert len(str(err.value).splitlines()) == 1
+  import re
+  assert re.search(named, str(err.value)), str(err.value)
+  assert sorted(os.listdir(tmp_path)) == before == ["1", "2"]
+
+
+def test_dtype_change_is_a_different_model(tmp_path):
+  from hcl_jax.checkpointing import IncompatibleCheckpoint
+  with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
+    ckpt.maybe_save(1, {"w": jnp.zeros(3, jnp.float32)})
+  with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
+    with pytest.raises(IncompatibleCheckpoint, match="dtype float32 saved, int32"):
+      ckpt.restore_latest({"w": jnp.zeros(3, jnp.int32)})
+  assert os.listdir(tmp_path) == ["1"]
+
+
+def test_agreed_verdict_takes_the_worst_of_every_process():
+  from hcl_jax.checkpointing import OTHER_MODEL, READABLE, UNREADABLE, agreed_verdict
+  assert agreed_verdict([READABLE, READABLE]) == READABLE
+  # One host's damaged read makes every host skip the step...
+  assert agreed_verdict([READABLE, UNREADABLE, READABLE]) == UNREADABLE
+  # ...and a host that sees another model makes every host refuse.
+  assert agreed_verdict([UNREADABLE, OTHER_MODEL]) == OTHER_MODEL
+  assert agreed_verdict(np.asarray([[0], [1]], np.int32)) == UNREADABLE  # process_allgather's shape
+
+
+def test_checksums_are_crc32_of_each_arrays_bytes(tmp_path):
+  import zlib
+  from hcl_jax.checkpointing import CHECKSUM_KEY
+  w = np.arange(6, dtype=np.float32).reshape(2, 3)
+  with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
+    ckpt.maybe_save(1, {"w": jnp.asarray(w), "n": np.arange(3), "k": 4}, {"a": 1})
+  saved = json.loads((tmp_path / "1" / "extra" / "metadata").read_text())
+  assert saved[CHECKSUM_KEY] == {"['w']": zlib.crc32(w.tobytes()),
+                                 "['n']": zlib.crc32(np.arange(3).tobytes())}
+  with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
+    assert ckpt.newest_extra() == (1, {"a": 1})

@@ -146,3 +146,91 @@ def test_an_older_config_json_is_completed_from_the_schema():
   assert tuple(config.data.mean) == tuple(schema.data.mean) and "prefetch" not in config.data
   assert config.loss.beta == 2.0
   assert "on_nonfinite" not in given and "prefetch" in given.data   # not changed
+
+
+def _numeric_leaves(config, prefix=""):
+  """(key, value) of every number or tuple of numbers in a config, walked."""
+  for key in config.keys():
+    value, name = config[key], f"{prefix}{key}"
+    if hasattr(value, "keys"):
+      yield from _numeric_leaves(value, name + ".")
+    elif isinstance(value, (int, float, tuple, list)) and not isinstance(value, bool):
+      yield name, value
+
+
+def _with(config, key, value):
+  """A copy of ``config`` with ``key`` set to ``value`` (of any type, as a
+  config.json may hold it: the ConfigDict's own type check is not the one tested)."""
+  import ml_collections
+  values = config.to_dict()
+  *groups, leaf = key.split(".")
+  node = values
+  for group in groups:
+    node = node[group]
+  node[leaf] = value
+  return ml_collections.ConfigDict(values)
+
+
+SCHEMA_AND_PAPER = ["configs/digits.py", "configs/paper.py:dataset=cifar10,method=hcl",
+                    "configs/paper.py:dataset=stl10,method=simclr"]
+
+
+@pytest.mark.parametrize("path", SCHEMA_AND_PAPER)
+def test_every_numeric_key_of_the_schema_refuses_inf_and_nan_naming_it(path):
+  """A new numeric key without a check fails here: inf (or NaN) in it must be
+  refused in one line naming the key, before anything is written."""
+  base = config_check.load_and_validate(path)
+  leaves = list(_numeric_leaves(base))
+  assert len(leaves) >= 40  # the walk sees the whole schema
+  unchecked = []
+  for key, value in leaves:
+    for bad in (float("inf"), float("nan"), -float("inf")):
+      if isinstance(value, (tuple, list)):
+        bad_value = (bad,) + tuple(value)[1:]
+      else:
+        bad_value = bad
+      try:
+        config_check.validate(_with(base, key, bad_value))
+      except config_check.ConfigError as e:
+        assert f"config.{key}" in str(e) and "\n" not in str(e), (key, str(e))
+        continue
+      unchecked.append(f"{key}={bad_value!r}")
+  assert not unchecked, f"numeric keys accepted without a check: {unchecked}"
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("eval.knn_temperature", 0.0, "> 0"),
+    ("eval.linear_learning_rate", -1.0, "> 0"),
+    ("eval.linear_weight_decay", -1e-6, ">= 0"),
+    ("model.width_multiplier", float("inf"), "finite"),
+    ("augment.flip_prob", 2.0, "[0, 1]"),
+    ("augment.jitter_prob", -0.1, "[0, 1]"),
+    ("augment.grayscale_prob", 1.5, "[0, 1]"),
+    ("augment.crop_scale", (1.0, 0.08), "low <= high"),
+    ("augment.crop_scale", (0.0, 1.0), "0 < low"),
+    ("augment.crop_scale", (0.5, 1.5), "high <= 1"),
+    ("augment.crop_ratio", (4 / 3, 3 / 4), "low <= high"),
+    ("augment.hue", 0.6, "[0, 0.5]"),
+    ("augment.brightness", -0.4, ">= 0"),
+    ("data.std", (0.2, 0.0, 0.2), "> 0"),
+    ("data.std", (0.2, 0.2), "3 finite numbers"),
+    ("data.mean", (0.5, float("nan"), 0.5), "finite"),
+    ("data.shuffle_buffer", 0, ">= 1"),
+    ("data.num_parallel_calls", 0, "-1 (autotune)"),
+    ("data.threadpool_size", -1, ">= 0"),
+])
+def test_bad_values_are_named_with_what_is_allowed(key, value, allowed):
+  with pytest.raises(config_check.ConfigError) as error:
+    config_check.validate(_with(config_check.load_and_validate("configs/digits.py"), key, value))
+  message = str(error.value)
+  assert f"config.{key}" in message and allowed in message and repr(value)[:4] in message
+  assert "\n" not in message
+
+
+def test_a_start_that_fails_validation_writes_nothing_to_the_workdir(tmp_path):
+  """The corrected rerun must not be refused as "a different config"."""
+  workdir = tmp_path / "w"
+  code, lines = _run("-m", "hcl_jax.main", "--config", "configs/digits.py",
+                     f"--workdir={workdir}", "--config.eval.knn_temperature=0")
+  assert code != 0 and len(lines) == 1 and "config.eval.knn_temperature" in lines[0], lines
+  assert not workdir.exists() or not any(workdir.iterdir())

@@ -316,3 +316,75 @@ def test_global_batches_on_8_devices(config):
   assert len(list(global_batches([{"x": np.zeros((8, 2))}] * 3, mesh, prefetch=2))) == 3
   with pytest.raises(ValueError, match="multiple of"):
     list(global_batches([{"x": np.zeros((4, 2))}], mesh))
+
+
+# ------------------------------------------------------------ damaged shards
+
+
+def _fresh_digits(tmp_path):
+  """A digits folder of this test's own (damage must not reach other tests)."""
+  config = _base_config()
+  config.data_dir, config.image_size, config.batch_size = str(tmp_path), 8, 256
+  builder = digits_lib.digits_builder(config.data_dir, 8)
+  shard = {name: os.fspath(split.filepaths[0]) for name, split in builder.info.splits.items()}
+  return config, shard
+
+
+def _flip_middle(path):
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x10
+  open(path, "wb").write(bytes(data))
+
+
+def _truncate_half(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("damage,named", [
+    (_flip_middle, "unreadable TFRecord shard"),
+    # Cut inside a record: a read error; at a boundary: a short count.
+    (_truncate_half, "unreadable TFRecord shard|holds"),
+    (os.remove, "shard file missing"),
+])
+def test_damaged_shard_is_one_line_naming_the_file_before_pretraining(tmp_path, split, damage,
+                                                                      named):
+  """The test split's damage too: found when the pre-training data is made,
+  not after the pre-training."""
+  config, shard = _fresh_digits(tmp_path)
+  sources._checked_dirs.clear()
+  damage(shard[split])
+  with pytest.raises(sources.CorruptDataError) as error:
+    make_pretrain_dataset(config)
+  message = str(error.value)
+  assert any(message.startswith(f"{shard[split]}: {n}") for n in named.split("|")), message
+  assert "\n" not in message and "function_node" not in message
+
+
+def test_shard_with_fewer_records_than_its_metadata_is_named(tmp_path):
+  """Cut at a record boundary, a TFRecord file reads without error: the
+  count recorded in dataset_info.json finds it."""
+  import tensorflow as tf
+  config, shard = _fresh_digits(tmp_path)
+  sources._checked_dirs.clear()
+  records = list(tf.data.TFRecordDataset(shard["test"]).as_numpy_iterator())
+  with tf.io.TFRecordWriter(shard["test"]) as writer:
+    for record in records[:-1]:
+      writer.write(record)
+  with pytest.raises(sources.CorruptDataError,
+                     match=f"holds {len(records) - 1} records, its dataset_info.json says "
+                           f"{len(records)}"):
+    make_pretrain_dataset(config)
+
+
+def test_not_prepared_dataset_is_one_line_through_the_entry_point(tmp_path, capsys):
+  """DatasetNotPreparedError is an OSError without strerror: one line, exit 1."""
+  from hcl_jax import run_guard
+  with pytest.raises(SystemExit) as exit_info:
+    with run_guard.one_line_errors(str(tmp_path)):
+      raise DatasetNotPreparedError(sources.not_prepared_message("cifar10", "/x", "/x/cifar10"))
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: TFDS dataset 'cifar10' is not prepared under data_dir='/x' (looked for "
+                 "/x/cifar10), and hcl_jax never downloads it."]

@@ -350,8 +350,25 @@ def test_sigterm_saves_exits_75_and_rerun_finishes(straight_run, data_dir, tmp_p
 # --------------------------------------------------------- truncated checkpoint
 
 
+def _truncate_each(files):
+  for name in files:
+    with open(name, "r+b") as f:
+      f.truncate(os.path.getsize(name) // 2)
+
+
+def _flip_one_byte_of_the_largest(files):
+  """One changed byte that TensorStore decodes without an error (the CRC-32
+  saved with the step finds it)."""
+  name = max(files, key=os.path.getsize)
+  data = bytearray(open(name, "rb").read())
+  data[len(data) // 2] ^= 0x01
+  open(name, "wb").write(bytes(data))
+
+
 @pytest.mark.xdist_group("main_straight_run")
-def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, fake_eval):
+@pytest.mark.parametrize("damage", [_truncate_each, _flip_one_byte_of_the_largest])
+def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, fake_eval,
+                                                damage):
   straight_dir, config, _ = straight_run
   workdir = str(tmp_path / "copy")
   shutil.copytree(straight_dir, workdir)
@@ -359,9 +376,7 @@ def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, 
   files = glob.glob(os.path.join(workdir, "checkpoints", str(_STEPS), "state", "**", "d", "*"),
                     recursive=True)
   assert files
-  for name in files:
-    with open(name, "r+b") as f:
-      f.truncate(os.path.getsize(name) // 2)
+  damage(files)
 
   with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
     results = main_lib.train_and_evaluate(config, workdir)

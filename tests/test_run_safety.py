@@ -222,13 +222,21 @@ def test_changed_config_refuses_and_touches_nothing(finished_run, data_dir, tmp_
 
 
 @pytest.mark.xdist_group("run_safety_finished_run")
+@pytest.mark.parametrize("change,named", [
+    ({"model__name": "resnet34"}, r"\d+ saved arrays not in this config's state"),  # added leaves
+    # The projection's kernel (16, 8) or bias (8,), whichever is named first.
+    ({"model__projection_dim": 16}, r"has shape \((16, )?8,?\) saved, \((16, )?16,?\)"),  # grown
+    ({"model__projection_dim": 4}, r"has shape \((16, )?8,?\) saved, \((16, )?4,?\)"),    # shrunk
+])
 def test_allowed_model_change_on_intact_checkpoints_renames_nothing(finished_run, data_dir,
-                                                                    tmp_path, fake_eval):
+                                                                    tmp_path, fake_eval,
+                                                                    change, named):
   workdir = _copy(finished_run, tmp_path)
   before = _snapshot(workdir)
-  with pytest.raises(IncompatibleCheckpoint, match=f"checkpoint {_STEPS} .* intact"):
-    main_lib.train_and_evaluate(_config(data_dir, model__name="resnet34"), workdir,
+  with pytest.raises(IncompatibleCheckpoint, match=f"checkpoint {_STEPS} .* intact") as err:
+    main_lib.train_and_evaluate(_config(data_dir, **change), workdir,
                                 allow_config_change=True)
+  assert re.search(named, str(err.value)) and "different model" in str(err.value), str(err.value)
   assert _snapshot(workdir) == before
   assert not glob.glob(os.path.join(workdir, "checkpoints", "*unreadable*"))
 
@@ -247,8 +255,11 @@ def test_second_run_refuses_while_the_first_holds_the_workdir(finished_run, data
          "started": "2026-12-01T07:00:00+00:00"}))
     before = _snapshot(workdir)
     with pytest.raises(run_guard.WorkdirLocked,
-                       match=f"pid {holder.pid}, started 2026-12-01T07:00:00"):
+                       match=f"pid {holder.pid}, started 2026-12-01T07:00:00") as err:
       main_lib.train_and_evaluate(_config(data_dir), workdir)
+    # What to do about it: wait, or find and stop the holder.
+    assert f"`kill {holder.pid}`" in str(err.value) and f"-p {holder.pid}`" in str(err.value)
+    assert "Wait for it" in str(err.value) and "\n" not in str(err.value)
     assert _snapshot(workdir) == before
   finally:
     holder.kill()
@@ -388,3 +399,94 @@ def test_evaluate_cli_is_absl_with_one_line_errors(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "hcl_jax.evaluate", "--readout=bogus"],
                         cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "--readout" in proc.stderr  # absl's flag validation
+
+
+# ------------------------------------------------------ damaged workdir entries
+
+
+def _replace_with_file(path):
+  shutil.rmtree(path)
+  with open(path, "w") as f:
+    f.write("not a directory\n")
+
+
+def _replace_with_dir(path):
+  os.remove(path)
+  os.makedirs(path)
+
+
+def _garble(path):
+  with open(path, "w") as f:
+    f.write('{"linear_top1": 9')
+
+
+@pytest.mark.xdist_group("run_safety_finished_run")
+@pytest.mark.parametrize("entry,damage,named", [
+    ("checkpoints", _replace_with_file, "checkpoints: exists and is not a directory"),
+    ("metrics.jsonl", _replace_with_dir, "metrics.jsonl: is a directory"),
+    ("results.json", _garble, "results.json: not valid JSON"),
+])
+def test_damaged_workdir_entry_is_one_line_and_nothing_is_truncated(finished_run, data_dir,
+                                                                    tmp_path, entry, damage,
+                                                                    named, fake_eval):
+  workdir = _copy(finished_run, tmp_path)
+  damage(os.path.join(workdir, entry))
+  before = _snapshot(workdir)
+  with pytest.raises(run_guard.RunError) as err:
+    main_lib.train_and_evaluate(_config(data_dir), workdir)
+  assert named in str(err.value) and os.path.join(workdir, entry) in str(err.value)
+  assert "\n" not in str(err.value)
+  assert _snapshot(workdir) == before  # metrics.jsonl and the rest as they were
+
+
+@pytest.mark.xdist_group("run_safety_finished_run")
+def test_evaluate_checks_results_json_before_evaluating(finished_run, tmp_path, monkeypatch):
+  workdir = _copy(finished_run, tmp_path)
+  _garble(os.path.join(workdir, "results.json"))
+  calls = []
+  monkeypatch.setattr(evaluate, "evaluate_encoder", lambda *a, **k: calls.append(1) or {})
+  with pytest.raises(run_guard.RunError, match="results.json: not valid JSON") as err:
+    evaluate_cli.evaluate_workdir(workdir)
+  assert os.path.join(workdir, "results.json") in str(err.value)
+  assert calls == []  # refused before any evaluation
+  # The command line: one line, exit 1, before the backend starts.
+  proc = subprocess.run([sys.executable, "-m", "hcl_jax.evaluate", "--workdir", workdir],
+                        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f"error: {os.path.join(workdir, 'results.json')}: not valid JSON")
+
+
+@pytest.mark.xdist_group("run_safety_finished_run")
+def test_training_rerun_keeps_the_evaluations_recorded_by_evaluate(finished_run, data_dir,
+                                                                   tmp_path, fake_eval):
+  workdir = _copy(finished_run, tmp_path)
+  path = os.path.join(workdir, "results.json")
+  with open(path) as f:
+    results = json.load(f)
+  earlier = {str(_STEPS): {"augmented": {"linear_top1": 12.5, "knn_top1": 25.0}}}
+  with open(path, "w") as f:
+    json.dump({**results, "evaluations": earlier}, f)
+  main_lib.train_and_evaluate(_config(data_dir), workdir)  # resumes at the end, evaluates again
+  with open(path) as f:
+    assert json.load(f)["evaluations"] == earlier
+
+
+def test_checkpoint_past_the_configs_end_is_refused_in_one_line(tmp_path):
+  from hcl_jax.checkpointing import Restored
+  config = support.digits_config()
+  with pytest.raises(run_guard.RunError) as err:
+    main_lib._check_resumable(Restored(44, None, {}), 22, 8, config, str(tmp_path))
+  message = str(err.value)
+  assert "checkpoint 44" in message and "22 steps" in message and "num_epochs" in message
+  assert "\n" not in message
+
+
+def test_resuming_on_another_device_count_prints_one_note(tmp_path, capsys):
+  from hcl_jax.checkpointing import Restored
+  config = support.digits_config()
+  main_lib._check_resumable(Restored(10, None, {"num_devices": 8}), 22, 8, config, "w")
+  assert capsys.readouterr().out == ""
+  main_lib._check_resumable(Restored(10, None, {"num_devices": 8}), 22, 4, config, "w")
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 1 and "saved on 8 device(s); resuming on 4" in lines[0]

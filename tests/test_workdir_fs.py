@@ -75,6 +75,29 @@ def test_checkpoints_round_trip_through_the_bucket(gcs_env, in_scratch):
   np.testing.assert_array_equal(restored["w"], 3 * np.arange(6.0).reshape(2, 3))
 
 
+def test_one_flipped_byte_in_the_bucket_falls_back_to_the_previous_step(gcs_env, in_scratch,
+                                                                        caplog):
+  """The CRC-32 saved with each step catches a changed byte on gs:// too."""
+  import logging
+  from etils import epath
+  values = {s: np.random.default_rng(s).standard_normal(1000).astype(np.float32) for s in (1, 2)}
+  with Checkpointer(f"gs://{BUCKET}/fs/flip", keep=2, save_every_steps=1) as ckpt:
+    for step in (1, 2):
+      ckpt.maybe_save(step, {"w": jnp.asarray(values[step])}, {"data_step": step})
+  data = [n for n in gcs_env.list_objects(BUCKET, "fs/flip/2/state/") if "/d/" in n]
+  largest = max(data, key=lambda n: len(gcs_env.read_object(BUCKET, n)))
+  blob = bytearray(gcs_env.read_object(BUCKET, largest))
+  blob[len(blob) // 2] ^= 0x01
+  epath.Path(f"gs://{BUCKET}/{largest}").write_bytes(bytes(blob))
+  with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
+    with Checkpointer(f"gs://{BUCKET}/fs/flip", keep=2, save_every_steps=1) as ckpt:
+      step, restored, extra = ckpt.restore_latest({"w": jnp.zeros(1000)})
+  assert step == 1 and extra == {"data_step": 1}
+  np.testing.assert_array_equal(np.asarray(restored["w"]), values[1])
+  assert any("step 2" in r.getMessage() and "CRC-32 mismatch" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 def test_results_status_and_process_log_in_the_bucket(gcs_env, in_scratch, capsys):
   workdir = f"gs://{BUCKET}/fs/run"
   assert runner.run_status(workdir) == "new"
