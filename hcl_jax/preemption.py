@@ -226,7 +226,22 @@ def exit_every_process_on_signal(phase: str) -> None:
   from hcl_jax import run_guard
 
   client = jax_distributed.global_state.client
-  me = jax.process_index()
+  me, count = jax.process_index(), jax.process_count()
+
+  def leave_coordinator_last():
+    # Process 0 hosts the coordination service: when it ends, every other
+    # process's client aborts (SIGABRT, rc -6) at its next heartbeat, maybe
+    # before it reached its own exit. So the others say they are leaving and
+    # process 0 waits for them (bounded: a stuck one ends by the watcher's
+    # grace below).
+    if me != 0:
+      client.key_value_set(f"{_INTERRUPT_KEY}/left/{me}", "1")
+      return
+    deadline = time.monotonic() + INTERRUPT_GRACE_S + 10.0
+    for index in range(1, count):
+      left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+      client.blocking_key_value_get(f"{_INTERRUPT_KEY}/left/{index}", max(left_ms, 1))
+    time.sleep(1.0)  # from their key to their os._exit
 
   def handler(signum, frame):
     del frame
@@ -235,7 +250,7 @@ def exit_every_process_on_signal(phase: str) -> None:
       client.key_value_set(_INTERRUPT_KEY, f"{me}:{name}")
     except Exception:  # pylint: disable=broad-except  (set already: another process was first)
       pass
-    run_guard.leave_without_shutdown()  # the others may already be gone
+    run_guard.leave_without_shutdown(leave_coordinator_last)  # the others may be gone
     raise run_guard.Interrupted(name, f"during {phase}")
 
   def watch():
@@ -250,7 +265,7 @@ def exit_every_process_on_signal(phase: str) -> None:
       return  # this process's own handler is unwinding
     print(f"{name} received by process {sender} during {phase}: stopping this process too.",
           file=sys.stderr, flush=True)
-    run_guard.leave_without_shutdown()
+    run_guard.leave_without_shutdown(leave_coordinator_last)
     _thread.interrupt_main(signal_lib.SIGTERM)  # -> handler above, in the main thread
     time.sleep(INTERRUPT_GRACE_S)
     print(f"stopped: {name} received by process {sender} during {phase} (this process's "

@@ -288,8 +288,10 @@ def preempt_evaluation(pod: Pod, targets: Sequence[int], *, timeout_s: float) ->
     pod.procs[index].send_signal(signal.SIGTERM)
   codes = wait_pod(pod, timeout_s=max(60.0, deadline - time.monotonic()), expected=(0, 75))
   if codes != [75] * len(codes):
+    tails = "".join(f"\n--- process {i}'s output ends:\n{pod.output(i)[-_STACKS_CHARS:]}"
+                    for i in range(len(pod.procs)))
     raise RehearsalError(f"exit codes after SIGTERM to {list(targets)} in evaluation: {codes} "
-                         "(want all 75)")
+                         f"(want all 75){tails}")
   for index in range(len(pod.procs)):
     if not re.search(r"stopped: SIGTERM received.* during evaluation", pod.output(index)):
       raise RehearsalError(f"process {index} did not say why it stopped:\n"

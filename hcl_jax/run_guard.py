@@ -555,13 +555,18 @@ class one_line_errors:
 
 
 _shutdown_on_exit = True
+_before_exit: list = []
 
 
-def leave_without_shutdown() -> None:
+def leave_without_shutdown(before_exit=None) -> None:
   """``exit_now`` then skips ``jax.distributed.shutdown``: its barrier would
-  wait for processes that are stuck or gone (a cross-process interrupt)."""
+  wait for processes that are stuck or gone (a cross-process interrupt).
+  ``before_exit``, if given, is called (once) right before the process ends
+  instead (``hcl_jax.preemption``: the coordinator leaves last)."""
   global _shutdown_on_exit
   _shutdown_on_exit = False
+  if before_exit is not None and before_exit not in _before_exit:
+    _before_exit.append(before_exit)
 
 
 def exit_now(code: int) -> None:
@@ -599,4 +604,9 @@ def exit_now(code: int) -> None:
         jax.distributed.shutdown()
     except Exception:  # pylint: disable=broad-except
       pass  # exiting anyway; the code below is what matters
+  for hook in _before_exit:
+    try:
+      hook()
+    except Exception:  # pylint: disable=broad-except
+      pass  # exiting anyway
   os._exit(code)
