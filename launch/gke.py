@@ -61,7 +61,8 @@ from typing import Sequence
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
-from launch.tpu import parse_accelerator_type, validate_gs_path  # noqa: E402
+from launch.tpu import (  # noqa: E402
+    parse_accelerator_type, split_trainer_flags, validate_gs_path)
 
 API_VERSION = "jobset.x-k8s.io/v1alpha2"
 CONTAINER = "hcl-jax"
@@ -300,11 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra: list[str] = []
-  if "--" in argv:
-    cut = argv.index("--")
-    argv, extra = argv[:cut], argv[cut + 1:]
+  argv, extra = split_trainer_flags(argv)
   args = build_parser().parse_args(argv)
   try:
     if not _NAME_RE.fullmatch(args.name):

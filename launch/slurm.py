@@ -39,6 +39,11 @@ import subprocess
 import sys
 from typing import Sequence
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+from launch.tpu import split_trainer_flags  # noqa: E402
+
 EXIT_RETRYABLE = 75   # hcl_jax.run_guard.EXIT_RETRYABLE
 _NAME_RE = re.compile(r"^[A-Za-z][-A-Za-z0-9_.]{0,63}$")
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d\d):(\d\d)$")
@@ -149,11 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra: list[str] = []
-  if "--" in argv:
-    cut = argv.index("--")
-    argv, extra = argv[:cut], argv[cut + 1:]
+  argv, extra = split_trainer_flags(argv)
   args = build_parser().parse_args(argv)
   try:
     if not _NAME_RE.fullmatch(args.name):

@@ -1105,14 +1105,19 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def split_trainer_flags(argv: Sequence[str] | None) -> tuple[list[str], list[str]]:
+  """(the launcher's own arguments, those after "--"): the latter go to
+  hcl_jax.main untouched (every launcher: tpu, gke, slurm)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if "--" not in argv:
+    return argv, []
+  cut = argv.index("--")
+  return argv[:cut], argv[cut + 1:]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = build_parser()
-  argv = list(sys.argv[1:] if argv is None else argv)
-  # Everything after "--" goes to hcl_jax.main untouched.
-  extra: list[str] = []
-  if "--" in argv:
-    cut = argv.index("--")
-    argv, extra = argv[:cut], argv[cut + 1:]
+  argv, extra = split_trainer_flags(argv)
   args = parser.parse_args(argv)
   if getattr(args, "extra", None) and not extra:
     parser.error(f"unexpected arguments {args.extra}: put flags for "

@@ -7,8 +7,10 @@ processes must still restore the same step (the previous one), set step 2
 aside once, and meet the same barriers.
 """
 
+import faulthandler
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,9 @@ import numpy as np
 from hcl_jax import checkpointing
 from hcl_jax import distributed
 from hcl_jax import mesh as mesh_lib
+
+# The test dumps every process's stacks with SIGUSR1 when the run passes its bound.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def main() -> None:

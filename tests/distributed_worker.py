@@ -9,8 +9,10 @@ JAX_PROCESS_ID, JAX_PLATFORMS=cpu and XLA_FLAGS with
 RESULT: what this process saw of the global computation.
 """
 
+import faulthandler
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,9 @@ import support  # tests/ is on sys.path: pytest's, or this script's own folder
 from hcl_jax import distributed, losses, mesh as mesh_lib
 
 GLOBAL_BATCH, DIM = 8, 16
+
+# The test dumps every process's stacks with SIGUSR1 when the run passes its bound.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def global_inputs() -> tuple[np.ndarray, np.ndarray]:

@@ -67,3 +67,40 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
   digits_lib.digits_builder(path, DIGITS_TEST_SIDE)
   return path
+
+
+def collect_processes(procs, *, timeout_s: float) -> list[str]:
+  """Each process's combined output once all have ended, within ``timeout_s``.
+
+  Past the bound the test fails with every process's Python stacks and output:
+  live processes get SIGUSR1 (workers register ``faulthandler`` on it), then
+  are killed; a hang is never silent. ``procs``: ``subprocess.Popen`` with
+  ``stdout=PIPE, stderr=STDOUT, text=True``.
+  """
+  import signal
+  import subprocess
+  import time
+
+  deadline = time.monotonic() + timeout_s
+  outputs = []
+  try:
+    for proc in procs:
+      try:
+        outputs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+      except subprocess.TimeoutExpired:
+        for p in procs:
+          if p.poll() is None:
+            p.send_signal(signal.SIGUSR1)
+        time.sleep(3.0)  # the dump is written by the process itself
+        for p in procs:
+          p.kill()
+        pytest.fail(f"{len(procs)}-process run exceeded {timeout_s:.0f} s; each process's "
+                    "output and Python stacks:\n" + "\n---\n".join(
+                        f"process {i}:\n{p.communicate()[0][-8000:]}"
+                        for i, p in enumerate(procs)))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return outputs

@@ -12,9 +12,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
+
+import support  # tests/ is on sys.path under pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO_ROOT, "tests", "checkpoint_agreement_worker.py")
@@ -39,22 +40,7 @@ def test_a_step_damaged_on_one_host_is_skipped_on_every_host(tmp_path):
   procs = [subprocess.Popen([sys.executable, WORKER], cwd=REPO_ROOT,
                             env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  deadline = time.monotonic() + _TIMEOUT_S
-  outputs = []
-  try:
-    for proc in procs:
-      try:
-        outputs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-      except subprocess.TimeoutExpired:
-        for p in procs:
-          p.kill()
-        pytest.fail(f"two-process run exceeded {_TIMEOUT_S} s:\n"
-                    + "\n---\n".join(p.communicate()[0] for p in procs))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  outputs = support.collect_processes(procs, timeout_s=_TIMEOUT_S)
   results = []
   for i, (proc, out) in enumerate(zip(procs, outputs)):
     lines = [line for line in out.splitlines() if line.startswith("RESULT:")]

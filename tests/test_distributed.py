@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import distributed_worker  # noqa: E402  (tests/ is on sys.path under pytest)
+import support  # noqa: E402
 from hcl_jax import distributed, losses  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -330,25 +331,7 @@ def _run_processes(num_processes: int, devices_per_process: int
                        text=True)
       for i in range(num_processes)
   ]
-  outputs = []
-  deadline = time.monotonic() + _PROCESS_TIMEOUT_S
-  try:
-    for proc in procs:
-      try:
-        out, _ = proc.communicate(
-            timeout=max(1.0, deadline - time.monotonic()))
-      except subprocess.TimeoutExpired:
-        for p in procs:
-          p.kill()
-        captured = [p.communicate()[0] for p in procs]
-        pytest.fail(f"multi-process run exceeded {_PROCESS_TIMEOUT_S} s; "
-                    "output:\n" + "\n---\n".join(captured))
-      outputs.append(out)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  outputs = support.collect_processes(procs, timeout_s=_PROCESS_TIMEOUT_S)
   results = []
   for i, (proc, out) in enumerate(zip(procs, outputs)):
     lines = [l for l in out.splitlines() if l.startswith("RESULT:")]
