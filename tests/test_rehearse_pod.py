@@ -198,7 +198,7 @@ if os.environ.get("JAX_PROCESS_ID") == "1":
     print("process 1: sleeping before its first step", flush=True)
     time.sleep(100000)
 
-  compile_sync._SyncedFirstCall.__call__ = _sleep_forever
+  compile_sync._SyncedFirstCall.compile = _sleep_forever
 else:
   _wait = distributed.wait_for_all_processes
 
