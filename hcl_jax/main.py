@@ -254,8 +254,8 @@ NUM_DEVICES_KEY = "num_devices"  # in each checkpoint's extra: the device count 
 
 def _check_resumable(restored: Any, total_steps: int, num_devices: int, config: Any,
                      workdir: str) -> None:
-  """Refuses a checkpoint past this config's end (RunError, one line); notes,
-  on the console and in the metrics log's text, a change of device count."""
+  """Refuses a checkpoint past this config's end (RunError, one line); notes a
+  change of device count on the console (and so in logs/process_<i>.log)."""
   from hcl_jax import run_guard
 
   if restored.step > total_steps:
