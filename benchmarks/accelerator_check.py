@@ -9,7 +9,7 @@ Prints one markdown table:
   ``mixed_precision``) vs a PyTorch reference of the same network
   (torchvision's ResNet blocks, the published CIFAR stem and head; channels_last
   and AMP bf16 autocast) on the same device: step time, images/s, MFU
-  (``hcl_jax.throughput``: our step's FLOPs over the chip's peak; the torch
+  (``hcl_jax.train.throughput``: our step's FLOPs over the chip's peak; the torch
   row uses the same FLOP count), peak device memory (ours: XLA's
   ``memory_analysis()`` of the compiled step, arguments + outputs +
   temporaries; torch: ``torch.cuda.max_memory_allocated``);
@@ -69,7 +69,7 @@ def _median_time(call, steps: int, rounds: int) -> float:
 
 
 def _paper_config(sizes: dict, *, bf16: bool):
-  from hcl_jax import config_check
+  from hcl_jax.config import check as config_check
   config = config_check.load("configs/paper.py:dataset=cifar10,method=hcl")
   config.model.name, config.model.width_multiplier = sizes["model"], sizes["width"]
   config.image_size, config.batch_size = sizes["image_size"], sizes["batch"]
@@ -84,9 +84,11 @@ def worker_jax(sizes: dict) -> dict:
   import numpy as np
 
   import loss_bench
-  from hcl_jax import mesh as mesh_lib
-  from hcl_jax import models, optim, throughput
-  from hcl_jax import train_step as train_step_lib
+  from hcl_jax.distributed import mesh as mesh_lib
+  from hcl_jax import models
+  from hcl_jax.train import optim
+  from hcl_jax.train import throughput
+  from hcl_jax.train import step as train_step_lib
 
   out = {"device": throughput.device_kind(), "devices": jax.device_count(),
          "platform": jax.default_backend(), "loss": {}, "step": {}}

@@ -91,7 +91,7 @@ def write_generated_dataset(data_dir: str, name: str) -> None:
 
 
 def paper_config(dataset: str, data_dir: str, *, batch_size: int, cores: int, variant: str):
-  from hcl_jax import config_check
+  from hcl_jax.config import check as config_check
   config = config_check.load(f"configs/paper.py:dataset={dataset},method=hcl")
   config.data_dir, config.batch_size = data_dir, batch_size
   config.model.bn_group_size = 0   # the model's; any batch size is fine for the pipeline

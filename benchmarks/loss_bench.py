@@ -200,7 +200,8 @@ def worker_sharded(batch: int, block_size) -> dict:
   import jax
   import jax.numpy as jnp
   from jax.sharding import PartitionSpec as P
-  from hcl_jax import losses, mesh as mesh_lib
+  from hcl_jax import losses
+  from hcl_jax.distributed import mesh as mesh_lib
   mesh = mesh_lib.make_mesh()
   sharding = mesh_lib.batch_sharding(mesh)
   spec = jax.ShapeDtypeStruct((batch, DIM), jnp.float32, sharding=sharding)

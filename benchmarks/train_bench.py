@@ -55,10 +55,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.digits import get_config  # noqa: E402
-from hcl_jax import mesh as mesh_lib  # noqa: E402
+from hcl_jax.distributed import mesh as mesh_lib  # noqa: E402
 from hcl_jax import models  # noqa: E402
-from hcl_jax import optim  # noqa: E402
-from hcl_jax import train_step as ts  # noqa: E402
+from hcl_jax.train import optim  # noqa: E402
+from hcl_jax.train import step as ts  # noqa: E402
 
 
 # ----------------------------------------------------------------- FLOPs, peak

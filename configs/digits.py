@@ -14,7 +14,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.dataset = "digits"            # a key of hcl_jax.registry.DATASETS: digits, cifar10, ...
+  config.dataset = "digits"            # a key of hcl_jax.config.registry.DATASETS: digits, cifar10, ...
   config.data_dir = ""                 # TFDS data_dir: local folder or gs:// bucket; "": TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets)
   config.image_size = 16               # 8x8 digits upsampled; the paper configs use 32
   config.batch_size = 256              # global, over all devices and hosts
@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.log_every_steps = 10
   config.on_nonfinite = "stop"         # stop | skip: a non-finite loss/gradient ends the run, or drops that update
-  # "N,M": a jax.profiler trace of steps N..M in WORKDIR/profile/ (hcl_jax/profiling.py); "": none.
+  # "N,M": a jax.profiler trace of steps N..M in WORKDIR/profile/ (hcl_jax/train/profiling.py); "": none.
   config.profile_steps = ""
 
   config.eval = ml_collections.ConfigDict()

@@ -25,7 +25,7 @@ table of 40 runs took 22 min (docs/results/mutag.md). The other datasets: not
 measured here (the files are not on this machine).
 """
 
-from hcl_jax import registry
+from hcl_jax.config import registry
 from hcl_jax.graph.config import DATASETS, base_config
 
 

@@ -2,8 +2,8 @@
 
 Selected by argument (ml_collections passes the text after the colon to
 ``get_config``): ``--config configs/paper.py:dataset=DATASET,method=METHOD``,
-DATASET one of ``hcl_jax.registry.DATASETS``, METHOD one of
-``hcl_jax.registry.METHODS`` (simclr: loss.name=nt_xent, tau+ 0, beta 0;
+DATASET one of ``hcl_jax.config.registry.DATASETS``, METHOD one of
+``hcl_jax.config.registry.METHODS`` (simclr: loss.name=nt_xent, tau+ 0, beta 0;
 dcl: loss.name=dcl, tau+ 0.1, beta 0; hcl: loss.name=hcl, tau+ 0.1, beta 1).
 
 The published settings (docs/reference.md): ResNet-50 (CIFAR stem, width 1),
@@ -48,7 +48,7 @@ import pathlib
 
 import ml_collections
 
-from hcl_jax import registry
+from hcl_jax.config import registry
 
 
 def base_config() -> ml_collections.ConfigDict:

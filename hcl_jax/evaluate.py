@@ -1,110 +1,146 @@
-"""Evaluation of a trained encoder: the kNN and a linear readout, as published.
+"""``python -m hcl_jax.evaluate --workdir DIR``: evaluate a run's latest checkpoint.
 
-``evaluate_encoder`` is what ``hcl_jax.main`` (after training) and
-``python -m hcl_jax.evaluate --workdir DIR`` (a run's latest checkpoint,
-``hcl_jax.evaluate_cli``) call. It builds the frozen encoder and the datasets
-from the run config and hands them to one evaluator per concern:
+  python -m hcl_jax.evaluate --workdir workdirs/digits [--readout augmented]
 
-* :mod:`hcl_jax.features`: the encoder's features of a split
-  (``extract_features``), shared by the others;
-* :mod:`hcl_jax.knn`: the weighted kNN monitor;
-* :mod:`hcl_jax.linear_readout`: the fast (cached features) and the
-  augmented readouts;
-* :mod:`hcl_jax.readout_published`: image/linear.py's readout, the network in
-  train mode.
+Reads the run's ``DIR/config.json``, restores the newest readable checkpoint
+without changing anything in ``DIR/checkpoints`` (an unreadable one is
+skipped, never renamed: a training run may own it), and records the result
+in ``DIR/results.json`` beside what the training run wrote there (every
+field kept)::
+
+  "evaluations": {"44": {"fast": {"linear_top1": 91.2, "knn_top1": 95.1,
+                                  "time": "2026-12-01T07:00:00+00:00"}}}
+
+keyed by checkpoint step, then readout protocol; evaluating again the same
+step and protocol replaces only that entry. Flags are absl's, and set-up,
+errors and exit codes are ``hcl_jax.main``'s (``hcl_jax.run.entry_point``: a
+multi-process runtime, each process's log in ``DIR/logs``, one-line errors).
 """
 
 from __future__ import annotations
 
-import functools
+import datetime
+import json
+import sys
 from typing import Any
 
-import jax
-from jax.sharding import Mesh
+from absl import app
+from absl import flags
 
-from hcl_jax import compile_sync
-from hcl_jax import models as models_lib
-from hcl_jax import registry
-from hcl_jax.features import extract_features
-from hcl_jax.knn import knn_top1
-from hcl_jax.linear_readout import linear_top1, train_linear_readout, train_linear_readout_augmented
-from hcl_jax.readout_published import train_linear_readout_published
+# Before absl parses: entry_point imports hcl_jax.distributed, whose flags
+# (--coordinator_address, ...) must exist by then.
+from hcl_jax import distributed
+from hcl_jax.run import entry_point
+from hcl_jax.config import registry
+from hcl_jax.run import workdir_fs
+from hcl_jax.run import guard as run_guard
+from hcl_jax.run.guard import RunError
 
-__all__ = ["evaluate_encoder"]
+RESULTS_FILE = run_guard.RESULTS_JSON
+EVALUATIONS_KEY = "evaluations"
 
 
-def evaluate_encoder(config: Any, model: Any, state: Any, mesh: Mesh | None) -> dict[str, float]:
-  """Linear readout and kNN top-1 (in %) of a model's frozen encoder.
+_READOUT = flags.DEFINE_enum("readout", None, list(registry.READOUTS),
+                            "Override config.eval.readout.")
 
-  Follows the published code: the kNN (``config.eval.knn_k``,
-  ``knn_temperature``) uses the L2-normalised backbone features of the
-  unaugmented train split as its bank; the readout trains on the
-  un-normalised backbone features, on cached unaugmented features
-  (``config.eval.readout == "fast"``), on features of freshly augmented
-  train images every epoch with BatchNorm in inference mode (``"augmented"``),
-  or as image/linear.py does (``"published"``: augmented images, the network
-  in train mode, tested every 5 epochs).
-  Unaugmented images (kNN bank and test, linear test) have side
-  ``config.eval.image_size`` (STL-10: 96, as published).
 
-  Returns {"linear_top1", "knn_top1" (%), "readout", "eval_image_size",
-  "bn_group_size"} (+ "linear_tests": [[epoch, top-1 %], ...] for
-  "published"): every result says which protocol made it.
+def record_evaluation(results: dict[str, Any], step: int, protocol: str,
+                      evaluation: dict[str, Any]) -> dict[str, Any]:
+  """``results`` with ``evaluation`` stored under evaluations[step][protocol]."""
+  out = dict(results)
+  evaluations = dict(out.get(EVALUATIONS_KEY) or {})
+  per_step = dict(evaluations.get(str(step)) or {})
+  per_step[protocol] = {**evaluation, "time": datetime.datetime.now(
+      datetime.timezone.utc).isoformat(timespec="seconds")}
+  evaluations[str(step)] = per_step
+  out[EVALUATIONS_KEY] = evaluations
+  return out
 
-  Args:
-    config: the run config (dataset, data_dir, image_size, eval.*).
-    model: a :class:`hcl_jax.models.ContrastiveModel`.
-    state: anything with ``params`` and ``batch_stats`` (a TrainState).
-    mesh: batches are split over its data axis; None for one device.
+
+def load_config(workdir: str, readout: str | None = None) -> Any:
+  """The run's saved ``config.json``, ``readout`` (if given) as config.eval.readout, checked.
+
+  Raises RunError (one line naming the file) for a missing or invalid config,
+  and for a results.json that is not a JSON object: checked here, before the
+  evaluation, so that a damaged file does not cost an evaluation.
   """
-  from hcl_jax import data as data_lib  # TF only where evaluation needs it
+  import ml_collections
 
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  # Variables as an argument, not a closure: jit can't close over arrays that
-  # span other processes' devices.
-  encode = compile_sync.synced_first_call(jax.jit(lambda variables, images: model.apply(
-      variables, images, False, method=lambda module, x, train: module.encoder(x, train))),
-      "encode")
-  encode_fn = functools.partial(encode, variables)
-  num_classes = registry.DATASETS[config.dataset].num_classes
-  ev = config.eval
+  from hcl_jax.config import check as config_check
 
-  def split(name: str, *, augment: bool = False, epoch: int = 0):
-    return data_lib.make_eval_dataset(config, split=name, augment=augment, epoch=epoch,
-                                      shuffle=augment).as_numpy_iterator()
-
-  train_features, train_labels = extract_features(encode_fn, split("train"), mesh=mesh)
-  test_features, test_labels = extract_features(encode_fn, split("test"), mesh=mesh)
-  knn = knn_top1(train_features, train_labels, test_features, test_labels,
-                 num_classes=num_classes, k=ev.knn_k, temperature=ev.knn_temperature, mesh=mesh)
-  readout_kwargs = dict(num_classes=num_classes, epochs=ev.linear_epochs,
-                        learning_rate=ev.linear_learning_rate,
-                        weight_decay=ev.linear_weight_decay, seed=config.seed, mesh=mesh)
-  protocol = {"readout": ev.readout, "eval_image_size": data_lib.eval_image_size(config),
-              "bn_group_size": config.model.bn_group_size}
-  if ev.readout == "published":
-    out = train_linear_readout_published(
-        model, state.params, state.batch_stats,
-        lambda epoch: split("train", augment=True, epoch=epoch), lambda: split("test"),
-        bn_groups=models_lib.bn_groups_for(config.model, config.batch_size), **readout_kwargs)
-    return {"linear_top1": round(100.0 * out["linear_top1"], 2),
-            "knn_top1": round(100.0 * knn, 2),
-            "linear_tests": [[e, round(100.0 * t, 2)] for e, t in out["tests"]], **protocol}
-  if ev.readout == "fast":
-    params = train_linear_readout(train_features, train_labels,
-                                  batch_size=ev.linear_batch_size, **readout_kwargs)
-  else:
-    params = train_linear_readout_augmented(
-        encode_fn, lambda epoch: split("train", augment=True, epoch=epoch), **readout_kwargs)
-  return {"linear_top1": round(100.0 * linear_top1(params, test_features, test_labels), 2),
-          "knn_top1": round(100.0 * knn, 2), **protocol}
+  config_path = workdir_fs.as_path(workdir) / "config.json"
+  if not config_path.exists():
+    raise RunError(f"{config_path} does not exist: is {workdir!r} a training run's workdir?")
+  config = ml_collections.ConfigDict(workdir_fs.read_json(config_path))
+  if readout:
+    config.eval.readout = readout
+  try:
+    config = config_check.validate(config)  # the saved config, before anything compiles
+  except ValueError as e:
+    raise RunError(f"{config_path}: {e}") from None
+  run_guard.read_results(workdir)
+  return config
 
 
-def main(argv: list[str] | None = None) -> None:
-  """``python -m hcl_jax.evaluate --workdir DIR``: see ``hcl_jax.evaluate_cli``."""
-  from hcl_jax import evaluate_cli
-  evaluate_cli.run(argv)
+def evaluate_workdir(workdir: str, readout: str | None = None) -> dict[str, Any]:
+  """Evaluates ``workdir``'s newest readable checkpoint; returns the new results.json."""
+  return _evaluate(workdir, load_config(workdir, readout))
+
+
+def _evaluate(workdir: str, config: Any) -> dict[str, Any]:
+  """``evaluate_workdir`` on the run's checked ``config``."""
+  import jax
+
+  from hcl_jax.evaluation import protocol as evaluate
+  from hcl_jax import models
+  from hcl_jax.train import optim
+  from hcl_jax.train import step as train_step_lib
+  from hcl_jax.run.checkpointing import Checkpointer
+  from hcl_jax.distributed.mesh import make_mesh
+
+  root = workdir_fs.as_path(workdir)
+  mesh = make_mesh()
+  model = models.create_model(config)
+  image_shape = (config.image_size, config.image_size, 3)
+  template = train_step_lib.create_train_state(model, optim.make_optimizer(config, 1),
+                                               jax.random.key(config.seed), mesh, image_shape)
+  # Orbax's set-up is the first cross-process collective: start it together.
+  distributed.wait_for_all_processes("before_checkpointer")
+  with Checkpointer(root / "checkpoints", keep=config.keep_checkpoints,
+                    save_every_steps=config.checkpoint_every_steps, read_only=True) as ckpt:
+    restored = ckpt.restore_latest(template)
+  if restored is None:
+    raise RunError(f"no readable checkpoint in {root / 'checkpoints'}.")
+  evaluation = evaluate.evaluate_encoder(config, model, restored.state, mesh)
+  results_path = root / RESULTS_FILE
+  results = run_guard.read_results(workdir)  # again: training may have written it since
+  results = record_evaluation(results, restored.step, config.eval.readout, evaluation)
+  if jax.process_index() == 0:
+    workdir_fs.write_json(results_path, results)
+  print(json.dumps({"step": restored.step, "protocol": config.eval.readout, **evaluation}),
+        flush=True)
+  return results
+
+
+def _main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  workdir, readout = entry_point.WORKDIR.value, _READOUT.value
+  if workdir is None:
+    raise app.UsageError("--workdir is required.")
+
+  def evaluate(config: Any) -> int:
+    _evaluate(workdir, config)
+    return 0
+
+  entry_point.run(workdir, config=lambda: load_config(workdir, readout), work=evaluate,
+                  phase="evaluation")
+
+
+def run(argv: list[str] | None = None) -> None:
+  """The command line entry point (absl)."""
+  app.run(_main, argv=argv if argv is None else [sys.argv[0], *argv])
 
 
 if __name__ == "__main__":
-  main()
+  run()

@@ -5,12 +5,12 @@
 
 Everything the run writes goes to ``--workdir``: ``checkpoints/`` (orbax, the
 last ``keep_checkpoints``), ``metrics.jsonl`` (with step time, images/s and,
-on a chip in ``hcl_jax.throughput.PEAKS``, MFU), TensorBoard events,
-``profile/`` (with ``--config.profile_steps=N,M``: ``hcl_jax.profiling``),
+on a chip in ``hcl_jax.train.throughput.PEAKS``, MFU), TensorBoard events,
+``profile/`` (with ``--config.profile_steps=N,M``: ``hcl_jax.train.profiling``),
 ``config.json``, ``logs/process_<i>.log`` (each process's output) and, at the
 end, ``results.json`` with the linear readout and kNN accuracies (in %) of the
 trained encoder and of the same encoder at its random initialisation. The
-workdir may be local or ``gs://...`` (``hcl_jax.workdir_fs``). Started again
+workdir may be local or ``gs://...`` (``hcl_jax.run.workdir_fs``). Started again
 with the same workdir, the run resumes from its latest readable checkpoint
 (state, step, data position and RNG) and ends exactly as a run that went
 straight through. SIGTERM (a preemption) during training saves and exits 75,
@@ -18,15 +18,15 @@ straight through. SIGTERM (a preemption) during training saves and exits 75,
 (SIGINT) saves and exits 130 (a second Ctrl-C exits at once). Either signal
 before or after training (start-up, evaluation) exits 75 with one line; the
 rerun resumes. With several processes every process exits so, after the
-same checkpoint (``hcl_jax.preemption``).
+same checkpoint (``hcl_jax.run.preemption``).
 
 What the run refuses, in one line and without touching the workdir
-(``hcl_jax.run_guard``): a workdir another live run holds (``run.lock``), a
+(``hcl_jax.run.guard``): a workdir another live run holds (``run.lock``), a
 config that is another experiment than the checkpoints there (pass
 ``--allow_config_change`` to continue deliberately), a workdir it can't
 write. A non-finite loss or gradient stops it (exit 1, no results.json, no
 checkpoint after the last good one), or with ``config.on_nonfinite="skip"``
-drops those updates (``hcl_jax.divergence``).
+drops those updates (``hcl_jax.train.divergence``).
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ from ml_collections import config_flags
 from hcl_jax import distributed  # noqa: F401  (defines --coordinator_address etc.)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+from hcl_jax.run import entry_point  # noqa: E402  (defines --workdir)
+
+_WORKDIR = entry_point.WORKDIR
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
     "Resume even though the config's identity (model, loss, batch size, seed, ...) differs "
     "from the checkpoints' (more epochs never need this).")
 
-from hcl_jax import config_check  # noqa: E402  (light: no JAX)
+from hcl_jax.config import check as config_check  # noqa: E402  (light: no JAX)
 
 
 def train_and_evaluate(config: Any, workdir: str, *,
@@ -55,7 +57,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
   """Checks ``config`` (``config_check.validate``), then runs (or resumes) the
   whole experiment; returns what results.json holds.
 
-  Holds ``workdir``'s lock throughout (process 0); see ``hcl_jax.run_guard``.
+  Holds ``workdir``'s lock throughout (process 0); see ``hcl_jax.run.guard``.
   """
   return _run(config_check.validate(config), workdir, allow_config_change=allow_config_change)
 
@@ -64,8 +66,8 @@ def _run(config: Any, workdir: str, *, allow_config_change: bool) -> dict[str, A
   """:func:`train_and_evaluate` of a config ``config_check.validate`` returned."""
   import jax
 
-  from hcl_jax import run_guard
-  from hcl_jax.mesh import make_mesh
+  from hcl_jax.run import guard as run_guard
+  from hcl_jax.distributed.mesh import make_mesh
 
   mesh = make_mesh()
   # The one check that needs the devices (validate ran before the backend started).
@@ -82,21 +84,21 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   import jax
   import jax.numpy as jnp
 
-  from hcl_jax import compile_sync
+  from hcl_jax.distributed import compile_sync
   from hcl_jax import data as data_lib
-  from hcl_jax import evaluate
+  from hcl_jax.evaluation import protocol as evaluate
   from hcl_jax import models
-  from hcl_jax import divergence
-  from hcl_jax import optim
-  from hcl_jax import profiling
-  from hcl_jax import run_guard
-  from hcl_jax import throughput
-  from hcl_jax import train_step as train_step_lib
-  from hcl_jax import workdir_fs
-  from hcl_jax.checkpointing import Checkpointer, rng_from_list, rng_to_list
-  from hcl_jax.metrics_log import MetricLogger
-  from hcl_jax import preemption
-  from hcl_jax.preemption import PreemptionGuard
+  from hcl_jax.train import divergence
+  from hcl_jax.train import optim
+  from hcl_jax.train import profiling
+  from hcl_jax.run import guard as run_guard
+  from hcl_jax.train import throughput
+  from hcl_jax.train import step as train_step_lib
+  from hcl_jax.run import workdir_fs
+  from hcl_jax.run.checkpointing import Checkpointer, rng_from_list, rng_to_list
+  from hcl_jax.run.metrics_log import MetricLogger
+  from hcl_jax.run import preemption
+  from hcl_jax.run.preemption import PreemptionGuard
 
   is_main = jax.process_index() == 0
   if lock is not None and lock.stale_message():
@@ -134,7 +136,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   monitor = divergence.DivergenceMonitor(config.on_nonfinite, start_step)
 
   data = data_lib.make_pretrain_dataset(config, start_step=start_step)
-  # Compiled on every process before any of them runs it (hcl_jax.compile_sync).
+  # Compiled on every process before any of them runs it (hcl_jax.distributed.compile_sync).
   train_step = compile_sync.synced_first_call(
       train_step_lib.make_train_step(config, mesh, steps_per_epoch, model), "train_step")
   logger = MetricLogger(workdir, total_steps=total_steps, config=config, start_step=start_step,
@@ -155,7 +157,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
       if start_step < total_steps:
         # Compiled before the first step, so that the step clock (images/s,
         # step time, MFU) never includes compilation; the lowered program's
-        # cost analysis gives the FLOPs per step (hcl_jax.throughput).
+        # cost analysis gives the FLOPs per step (hcl_jax.train.throughput).
         first_batch = next(batches)
         train_step.compile(state, first_batch)
         logger.log_compiled(train_step.compile_seconds, throughput.step_cost(
@@ -256,7 +258,7 @@ def _check_resumable(restored: Any, total_steps: int, num_devices: int, config: 
                      workdir: str) -> None:
   """Refuses a checkpoint past this config's end (RunError, one line); notes a
   change of device count on the console (and so in logs/process_<i>.log)."""
-  from hcl_jax import run_guard
+  from hcl_jax.run import guard as run_guard
 
   if restored.step > total_steps:
     raise run_guard.RunError(
@@ -274,7 +276,7 @@ def _check_resumable(restored: Any, total_steps: int, num_devices: int, config: 
 
 def _check_identity(ckpt: Any, identity: dict, workdir: str, allow_change: bool) -> None:
   """Refuses (IdentityMismatch) before any checkpoint is restored or renamed."""
-  from hcl_jax import run_guard
+  from hcl_jax.run import guard as run_guard
 
   newest = ckpt.newest_extra()
   if newest is not None and run_guard.IDENTITY_KEY in newest[1]:
@@ -292,10 +294,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required.")
-  from hcl_jax import entry_point
 
   def train(config: Any) -> int:
-    from hcl_jax import run_guard
+    from hcl_jax.run import guard as run_guard
     results = _run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     if "stopped_at_step" not in results:
       return 0

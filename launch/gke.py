@@ -23,7 +23,7 @@ What the manifest holds, and why (``jobset_manifest``):
   ``backoffLimit: 0`` (one host's pod failing ends the Job: a replaced pod
   could not rejoin the others' running ``jax.distributed``).
 * ``podFailurePolicy`` + the JobSet ``failurePolicy``: exit 1 (a config or
-  run error, ``hcl_jax.run_guard``) fails the JobSet, since a retry fails the
+  run error, ``hcl_jax.run.guard``) fails the JobSet, since a retry fails the
   same way; exit 75 (SIGTERM: checkpoint saved) and a node disruption
   (``DisruptionTarget``: preemption, maintenance) restart the whole JobSet,
   which resumes from the workdir's checkpoint without counting against
@@ -66,8 +66,8 @@ from launch.tpu import (  # noqa: E402
 
 API_VERSION = "jobset.x-k8s.io/v1alpha2"
 CONTAINER = "hcl-jax"
-EXIT_CONFIG_ERROR = 1     # hcl_jax.run_guard: a config, data or run error
-EXIT_RETRYABLE = 75       # hcl_jax.run_guard.EXIT_RETRYABLE: SIGTERM, checkpoint saved
+EXIT_CONFIG_ERROR = 1     # hcl_jax.run.guard: a config, data or run error
+EXIT_RETRYABLE = 75       # hcl_jax.run.guard.EXIT_RETRYABLE: SIGTERM, checkpoint saved
 TPU_COORDINATOR_PORT = 8482   # jax's default on TPU (hcl_jax.distributed)
 GPU_COORDINATOR_PORT = 1234
 # The Job controller's message for a FailJob rule (k8s pkg/controller/job):

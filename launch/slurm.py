@@ -44,7 +44,7 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 from launch.tpu import split_trainer_flags  # noqa: E402
 
-EXIT_RETRYABLE = 75   # hcl_jax.run_guard.EXIT_RETRYABLE
+EXIT_RETRYABLE = 75   # hcl_jax.run.guard.EXIT_RETRYABLE
 _NAME_RE = re.compile(r"^[A-Za-z][-A-Za-z0-9_.]{0,63}$")
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d\d):(\d\d)$")
 

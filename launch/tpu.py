@@ -27,7 +27,7 @@ re-running ``run`` after a preemption continues the run.
 
 Standard library only to create, set up and watch a TPU: it runs on a laptop
 with Python and gcloud. ``run`` and ``watch`` also load the config with the
-project's own parser and checks (``hcl_jax.config_check``, as ``hcl_jax.main``)
+project's own parser and checks (``hcl_jax.config.check``, as ``hcl_jax.main``)
 before any gcloud call, so they want the project's requirements installed
 (``--skip-config-check`` to do without).
 """
@@ -50,7 +50,7 @@ from typing import Callable, Sequence, TextIO
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:   # hcl_jax of this checkout (its standard-library parts here)
   sys.path.insert(0, str(REPO_ROOT))
-from hcl_jax.checks import positive_int_arg  # noqa: E402
+from hcl_jax.config.values import positive_int_arg  # noqa: E402
 
 # Where things live on every worker, relative to the remote $HOME.
 # Each setup unpacks into a new release folder; a training keeps running
@@ -237,11 +237,11 @@ def jax_version(requirements: pathlib.Path = REPO_ROOT / "requirements.txt"
 def check_training_config(config: str, overrides: Sequence[str],
                           devices: int) -> None:
   """Loads ``--config`` (with its ``:ARG``) and its flags as hcl_jax.main will,
-  and checks them (``hcl_jax.config_check.load_and_validate``); ValueError
+  and checks them (``hcl_jax.config.check.load_and_validate``); ValueError
   naming the bad flag or key."""
   try:
     from absl import flags
-    from hcl_jax import config_check
+    from hcl_jax.config import check as config_check
     importlib.import_module("hcl_jax.main")   # defines hcl_jax.main's flags in flags.FLAGS
   except ImportError as e:
     raise LaunchError(

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hcl_jax import checkpointing
+from hcl_jax.run import checkpointing
 from hcl_jax import distributed
-from hcl_jax import mesh as mesh_lib
+from hcl_jax.distributed import mesh as mesh_lib
 
 # The test dumps every process's stacks with SIGUSR1 when the run passes its bound.
 faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -20,7 +20,9 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 import support  # tests/ is on sys.path: pytest's, or this script's own folder
-from hcl_jax import distributed, losses, mesh as mesh_lib
+from hcl_jax import distributed
+from hcl_jax import losses
+from hcl_jax.distributed import mesh as mesh_lib
 
 GLOBAL_BATCH, DIM = 8, 16
 
@@ -60,7 +62,8 @@ def train_steps(mesh, rows: slice) -> dict:
   Returns the losses and the final parameters' leaves (host numpy), which
   every process can read since the state is replicated.
   """
-  from hcl_jax import optim, train_step as train_step_lib
+  from hcl_jax.train import optim
+  from hcl_jax.train import step as train_step_lib
 
   config = tiny_config()
   # Not the config's ResNet-18: the two processes and the test each compile

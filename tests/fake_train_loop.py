@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hcl_jax.checkpointing import Checkpointer, rng_from_list, rng_to_list
-from hcl_jax.mesh import make_mesh, replicated
-from hcl_jax.preemption import PreemptionGuard
+from hcl_jax.run.checkpointing import Checkpointer, rng_from_list, rng_to_list
+from hcl_jax.distributed.mesh import make_mesh, replicated
+from hcl_jax.run.preemption import PreemptionGuard
 
 KEEP = 2
 SAVE_EVERY = 50

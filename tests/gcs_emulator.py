@@ -1,6 +1,6 @@
 """pytest fixtures: a real GCS API emulator (fake-gcs-server) on 127.0.0.1.
 
-``gcs`` (session scope) starts ``hcl_jax.gcs_emulator.GcsEmulator`` on a free
+``gcs`` (session scope) starts ``hcl_jax.testing.gcs_emulator.GcsEmulator`` on a free
 loopback port with one bucket, ``BUCKET``, and stops it after the session.
 ``gcs_env`` (module scope) also points this process's epath, gcsfs and
 TensorStore at it (the variables of ``GcsEmulator.env()``), for in-process
@@ -11,7 +11,7 @@ Use from a test module with ``from gcs_emulator import gcs, gcs_env  # noqa: F40
 
 import pytest
 
-from hcl_jax.gcs_emulator import GcsEmulator
+from hcl_jax.testing.gcs_emulator import GcsEmulator
 
 BUCKET = "rehearsal"
 

@@ -56,7 +56,7 @@ def write_mock_metadata(data_dir: str, name: str, split_sizes: dict[str, int]) -
 @pytest.fixture()
 def fake_eval(monkeypatch):
   """evaluate_encoder replaced by FAKE_EVAL, in this process."""
-  from hcl_jax import evaluate
+  from hcl_jax.evaluation import protocol as evaluate
   monkeypatch.setattr(evaluate, "evaluate_encoder", lambda *a, **k: dict(FAKE_EVAL))
 
 

@@ -20,10 +20,10 @@ import numpy as np
 import optax
 import pytest
 
-from hcl_jax.checkpointing import (Checkpointer, rng_from_list,
+from hcl_jax.run.checkpointing import (Checkpointer, rng_from_list,
                                    rng_to_list)
-from hcl_jax.mesh import make_mesh, replicated
-from hcl_jax.preemption import PreemptionGuard
+from hcl_jax.distributed.mesh import make_mesh, replicated
+from hcl_jax.run.preemption import PreemptionGuard
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +91,7 @@ def test_roundtrip_exact_with_mesh_shardings(tmp_path, mesh):
 
 
 def test_restore_into_batch_sharded_template(tmp_path, mesh):
-  from hcl_jax.mesh import batch_sharding  # pylint: disable=g-import-not-at-top
+  from hcl_jax.distributed.mesh import batch_sharding  # pylint: disable=g-import-not-at-top
   table = np.arange(64, dtype=np.float32).reshape(16, 4)
   state = {"table": jax.device_put(table, replicated(mesh))}
   with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
@@ -158,7 +158,7 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog, corrupt):
     for s in (1, 2, 3):
       ckpt.maybe_save(s, {"w": jnp.arange(100.0) * s}, {"data_step": 10 * s})
   corrupt(str(tmp_path / "3"))
-  with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
+  with caplog.at_level(logging.WARNING, logger="hcl_jax.run.checkpointing"):
     with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
       step, got, extra = ckpt.restore_latest({"w": jnp.zeros(100)})
       assert step == 2 and extra == {"data_step": 20}
@@ -177,7 +177,7 @@ def test_all_unreadable_returns_none_with_warning(tmp_path, caplog):
   with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
     ckpt.maybe_save(1, {"w": jnp.arange(100.0)})
   _truncate_data_files(str(tmp_path / "1"))
-  with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
+  with caplog.at_level(logging.WARNING, logger="hcl_jax.run.checkpointing"):
     with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
       assert ckpt.restore_latest({"w": jnp.zeros(100)}) is None
       assert ckpt.all_steps() == []
@@ -336,7 +336,7 @@ def test_one_flipped_byte_in_array_data_falls_back_to_previous_step(tmp_path, ca
                                       sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
   silently = ocp.StandardCheckpointer().restore(tmp_path / "3" / "state", target)
   assert (np.asarray(silently["w"]) != values[3]).any()  # the damage orbax does not see
-  with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
+  with caplog.at_level(logging.WARNING, logger="hcl_jax.run.checkpointing"):
     with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
       step, got, extra = ckpt.restore_latest({"w": jnp.zeros(1000)})
   assert step == 2 and extra == {"data_step": 2}
@@ -364,7 +364,7 @@ def test_any_shape_or_tree_change_is_a_different_model_and_renames_nothing(
     for s in (1, 2):
       ckpt.maybe_save(s, _adam_state(saved))
   before = sorted(os.listdir(tmp_path))
-  from hcl_jax.checkpointing import IncompatibleCheckpoint
+  from hcl_jax.run.checkpointing import IncompatibleCheckpoint
   with Checkpointer(tmp_path, keep=3, save_every_steps=1) as ckpt:
     with pytest.raises(IncompatibleCheckpoint, match="checkpoint 2 .* different model") as err:
       ckpt.restore_latest(_adam_state(wanted))
@@ -375,7 +375,7 @@ def test_any_shape_or_tree_change_is_a_different_model_and_renames_nothing(
 
 
 def test_dtype_change_is_a_different_model(tmp_path):
-  from hcl_jax.checkpointing import IncompatibleCheckpoint
+  from hcl_jax.run.checkpointing import IncompatibleCheckpoint
   with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
     ckpt.maybe_save(1, {"w": jnp.zeros(3, jnp.float32)})
   with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
@@ -385,7 +385,7 @@ def test_dtype_change_is_a_different_model(tmp_path):
 
 
 def test_agreed_verdict_takes_the_worst_of_every_process():
-  from hcl_jax.checkpointing import OTHER_MODEL, READABLE, UNREADABLE, agreed_verdict
+  from hcl_jax.run.checkpointing import OTHER_MODEL, READABLE, UNREADABLE, agreed_verdict
   assert agreed_verdict([READABLE, READABLE]) == READABLE
   # One host's damaged read makes every host skip the step...
   assert agreed_verdict([READABLE, UNREADABLE, READABLE]) == UNREADABLE
@@ -396,7 +396,7 @@ def test_agreed_verdict_takes_the_worst_of_every_process():
 
 def test_checksums_are_crc32_of_each_arrays_bytes(tmp_path):
   import zlib
-  from hcl_jax.checkpointing import CHECKSUM_KEY
+  from hcl_jax.run.checkpointing import CHECKSUM_KEY
   w = np.arange(6, dtype=np.float32).reshape(2, 3)
   with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
     ckpt.maybe_save(1, {"w": jnp.asarray(w), "n": np.arange(3), "k": 4}, {"a": 1})

@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from hcl_jax import rehearse_pod
+from hcl_jax.testing import pod as pod_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -28,7 +28,7 @@ from launch import gke, slurm  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("multiprocess")
 _RUN_TIMEOUT_S = 600
-_STEPS = 11   # rehearse_pod.TINY_OVERRIDES: 1 epoch of 1437 // 128 batches
+_STEPS = 11   # pod_lib.TINY_OVERRIDES: 1 epoch of 1437 // 128 batches
 # What GKE and SLURM would set, and the explicit JAX_* spec: none may leak in.
 _CLUSTER_PREFIXES = ("TPU_", "MEGASCALE_", "SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES",
                      "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS")
@@ -38,7 +38,7 @@ _CLUSTER_PREFIXES = ("TPU_", "MEGASCALE_", "SLURM_", "JAX_COORDINATOR", "JAX_NUM
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("cluster")
   data_dir = str(root / "tfds")
-  rehearse_pod.prepare_digits(data_dir, rehearse_pod.TINY_OVERRIDES)
+  pod_lib.prepare_digits(data_dir, pod_lib.TINY_OVERRIDES)
   (root / "jax_cache").mkdir()
   base = {k: v for k, v in os.environ.items() if not k.startswith(_CLUSTER_PREFIXES)}
   base.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
@@ -63,8 +63,8 @@ def _run(setup, tag: str, command: list[str], envs: list[dict], devices_per_proc
       procs.append(subprocess.Popen([sys.executable, "-u", *command[1:]], cwd=REPO_ROOT,
                                     env=env, stdout=out, stderr=subprocess.STDOUT))
     logs.append(log)
-  pod = rehearse_pod.Pod(procs, logs)
-  codes = rehearse_pod.wait_pod(pod, timeout_s=_RUN_TIMEOUT_S)
+  pod = pod_lib.Pod(procs, logs)
+  codes = pod_lib.wait_pod(pod, timeout_s=_RUN_TIMEOUT_S)
   outputs = [pod.output(i) for i in range(len(procs))]
   assert codes == [0] * len(procs), outputs
   workdir = pathlib.Path(command[command.index("--workdir") + 1])
@@ -81,11 +81,11 @@ def gke_run(setup):
   manifest = gke.jobset_manifest(
       name="rehearsal", image="local", where=gke.tpu_slice("v5litepod-16"),
       command=gke.train_command(str(REPO_ROOT / "configs" / "digits.py"), workdir,
-                                setup["data_dir"], list(rehearse_pod.TINY_OVERRIDES)),
+                                setup["data_dir"], list(pod_lib.TINY_OVERRIDES)),
       max_restarts=0, grace_seconds=300)
   pod_spec = manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
   (container,) = pod_spec["containers"]
-  port = str(rehearse_pod._free_port())
+  port = str(pod_lib.free_port())
   envs = [{**{e["name"]: e["value"] for e in container["env"]},
            "TPU_WORKER_HOSTNAMES": "localhost,localhost", "TPU_WORKER_ID": str(index),
            "JAX_COORDINATOR_PORT": port} for index in (0, 1)]
@@ -108,11 +108,11 @@ def _slurm_run(setup):
       name="rehearsal", nodes=2, gpus_per_node=0, time_limit="01:00:00", signal_seconds=300,
       project_dir=str(REPO_ROOT), log_dir=str(setup["root"]),
       command=slurm.train_command("python", str(REPO_ROOT / "configs" / "digits.py"), workdir,
-                                  setup["data_dir"], list(rehearse_pod.TINY_OVERRIDES)))
+                                  setup["data_dir"], list(pod_lib.TINY_OVERRIDES)))
   (line,) = [l for l in script.splitlines() if l.startswith("srun ")]
   words = shlex.split(line)[:-1]   # without its "&"
   command = words[words.index("--ntasks-per-node=1") + 1:]
-  port = str(rehearse_pod._free_port())
+  port = str(pod_lib.free_port())
   envs = [{"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank),
            "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "localhost,localhost",
            "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "JAX_COORDINATOR_PORT": port}
@@ -126,10 +126,10 @@ def test_gke_and_slurm_runs_end_where_one_process_ends(setup, gke_run):
   final loss (the global batches are the same; only the order of the
   cross-process sums differs). Measured (2026-12-06, 722 s for both tests on
   2 shared cores): 1 x 8 6.218295, GKE 2 x 4 6.2182946, SLURM 2 x 4
-  6.2182946; asserted to rel 1e-3 as tests/test_rehearse_pod.py does."""
+  6.2182946; asserted to rel 1e-3 as tests/test_pod.py does."""
   one = _run(setup, "one", slurm.train_command(
       "python", str(REPO_ROOT / "configs" / "digits.py"), str(setup["root"] / "one_workdir"),
-      setup["data_dir"], list(rehearse_pod.TINY_OVERRIDES)), [{}], devices_per_process=8)
+      setup["data_dir"], list(pod_lib.TINY_OVERRIDES)), [{}], devices_per_process=8)
   slurm_run = _slurm_run(setup)
   for index in (0, 1):
     assert f"Process {index} of 2 (slurm): 4 of 8 devices." in slurm_run["outputs"][index]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hcl_jax import config_check
+from hcl_jax.config import check as config_check
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

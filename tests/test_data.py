@@ -17,7 +17,7 @@ import support  # noqa: E402  (tests/ is on sys.path under pytest)
 import tensorflow_datasets as tfds  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from hcl_jax import mesh as mesh_lib  # noqa: E402
+from hcl_jax.distributed import mesh as mesh_lib  # noqa: E402
 from hcl_jax.data import (DatasetNotPreparedError, global_batches,  # noqa: E402
                           make_eval_dataset, make_pretrain_dataset)
 from hcl_jax.data import digits as digits_lib  # noqa: E402
@@ -380,7 +380,7 @@ def test_shard_with_fewer_records_than_its_metadata_is_named(tmp_path):
 
 def test_not_prepared_dataset_is_one_line_through_the_entry_point(tmp_path, capsys):
   """DatasetNotPreparedError is an OSError without strerror: one line, exit 1."""
-  from hcl_jax import run_guard
+  from hcl_jax.run import guard as run_guard
   with pytest.raises(SystemExit) as exit_info:
     with run_guard.one_line_errors(str(tmp_path)):
       raise DatasetNotPreparedError(sources.not_prepared_message("cifar10", "/x", "/x/cifar10"))

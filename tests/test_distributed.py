@@ -26,7 +26,8 @@ import pytest  # noqa: E402
 
 import distributed_worker  # noqa: E402  (tests/ is on sys.path under pytest)
 import support  # noqa: E402
-from hcl_jax import distributed, losses  # noqa: E402
+from hcl_jax import distributed# noqa: E402
+from hcl_jax import losses
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(distributed_worker.__file__).resolve()
@@ -371,7 +372,7 @@ def test_two_processes_form_one_global_mesh():
       range(batch))
   # A few train steps of the tiny net, each process feeding its half of one
   # global batch, agree with one process feeding all of it to 4 devices.
-  from hcl_jax.mesh import make_mesh
+  from hcl_jax.distributed.mesh import make_mesh
   single = distributed_worker.train_steps(make_mesh(jax.devices()[:4]), slice(None))
   for r in results:
     np.testing.assert_allclose(r["train_losses"], single["losses"], rtol=1e-5)

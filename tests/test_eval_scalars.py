@@ -2,7 +2,7 @@
 
 import glob
 
-from hcl_jax.metrics_log import MetricLogger
+from hcl_jax.run.metrics_log import MetricLogger
 
 
 def read_scalars(workdir):

@@ -1,5 +1,5 @@
-"""Tests of the evaluators: weighted kNN (hcl_jax.knn), the linear readouts
-(hcl_jax.linear_readout) and feature extraction (hcl_jax.features)."""
+"""Tests of the evaluators: weighted kNN (hcl_jax.evaluation.knn), the linear readouts
+(hcl_jax.evaluation.linear_readout) and feature extraction (hcl_jax.evaluation.features)."""
 
 import os
 
@@ -11,10 +11,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hcl_jax import features as features_lib  # noqa: E402
-from hcl_jax import knn  # noqa: E402
-from hcl_jax import linear_readout  # noqa: E402
-from hcl_jax.mesh import make_mesh  # noqa: E402
+from hcl_jax.evaluation import features as features_lib  # noqa: E402
+from hcl_jax.evaluation import knn  # noqa: E402
+from hcl_jax.evaluation import linear_readout  # noqa: E402
+from hcl_jax.distributed.mesh import make_mesh  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hcl_jax import losses
-from hcl_jax.mesh import DATA_AXIS, make_mesh
+from hcl_jax.distributed.mesh import DATA_AXIS, make_mesh
 
 NUM_DEVICES = 8
 HYPERS = dict(temperature=0.2, tau_plus=0.1, beta=2.0)

@@ -34,14 +34,14 @@ import support  # noqa: E402
 from support import data_dir, fake_eval  # noqa: E402,F401  (fixtures)  (tests/ is on sys.path under pytest)
 import tensorflow_datasets as tfds  # noqa: E402
 
-from hcl_jax import checkpointing  # noqa: E402
+from hcl_jax.run import checkpointing  # noqa: E402
 from hcl_jax import main as main_lib  # noqa: E402
 from hcl_jax import models  # noqa: E402
-from hcl_jax import optim  # noqa: E402
-from hcl_jax import throughput  # noqa: E402
-from hcl_jax import train_step as train_step_lib  # noqa: E402
-from hcl_jax.checkpointing import Checkpointer  # noqa: E402
-from hcl_jax.mesh import make_mesh  # noqa: E402
+from hcl_jax.train import optim  # noqa: E402
+from hcl_jax.train import throughput  # noqa: E402
+from hcl_jax.train import step as train_step_lib  # noqa: E402
+from hcl_jax.run.checkpointing import Checkpointer  # noqa: E402
+from hcl_jax.distributed.mesh import make_mesh  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _IMAGE_SIZE = support.DIGITS_TEST_SIDE  # the data_dir fixture builds digits at this side
@@ -174,7 +174,7 @@ def _assert_same_state(a, b):
 
 
 
-# The straight run's chip, as far as hcl_jax.throughput knows: one in its
+# The straight run's chip, as far as hcl_jax.train.throughput knows: one in its
 # peak table, so that every logged step has an MFU (8 "TPU v4" CPU devices).
 _FAKE_KIND = "TPU v4"
 
@@ -378,7 +378,7 @@ def test_truncated_latest_checkpoint_falls_back(straight_run, tmp_path, caplog, 
   assert files
   damage(files)
 
-  with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
+  with caplog.at_level(logging.WARNING, logger="hcl_jax.run.checkpointing"):
     results = main_lib.train_and_evaluate(config, workdir)
   assert any(f"Checkpoint step {_STEPS} " in r.getMessage() and "unreadable" in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
@@ -456,7 +456,7 @@ def test_mocked_cifar10_run(straight_run, tmp_path, fake_eval, monkeypatch, caps
                       lambda **kw: real_options(**{**kw, "cleanup_tmp_directories": False}))
   data_dir = str(tmp_path / "tfds")
   support.write_mock_metadata(data_dir, "cifar10", {"train": _MOCK_N, "test": _MOCK_N})
-  # Both steps profiled (hcl_jax.profiling).
+  # Both steps profiled (hcl_jax.train.profiling).
   config = _config(data_dir, dataset="cifar10", num_epochs=1, profile_steps="1,2")
   workdir = str(tmp_path / "work")
   with tfds.testing.mock_data(num_examples=_MOCK_N, policy=tfds.testing.MockPolicy.USE_FILES,
@@ -472,7 +472,7 @@ def test_mocked_cifar10_run(straight_run, tmp_path, fake_eval, monkeypatch, caps
   assert all("step_time_s" in m and "images_per_sec" in m and "mfu" not in m for m in lines)
   out = capsys.readouterr().out
   assert re.search(r"^Compiled the train step in \d+\.\d s \(\S+ [kMGTP]?FLOP per step; no MFU: "
-                   r"'cpu' is not in hcl_jax.throughput.PEAKS\)\.$", out, re.M), out
+                   r"'cpu' is not in hcl_jax.train.throughput.PEAKS\)\.$", out, re.M), out
   _assert_readable_trace(os.path.join(workdir, "profile", "process_0"))
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from hcl_jax import metrics_log
-from hcl_jax.metrics_log import MetricLogger, format_duration
+from hcl_jax.run import metrics_log
+from hcl_jax.run.metrics_log import MetricLogger, format_duration
 
 REQUIRED_KEYS = {"step", "epoch", "loss", "lr", "beta", "clamped_fraction",
                  "images_per_sec"}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs.digits import get_config
-from hcl_jax import config_check
+from hcl_jax.config import check as config_check
 from hcl_jax import losses
 from hcl_jax import models
 

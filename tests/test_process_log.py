@@ -4,7 +4,7 @@ import logging
 import os
 import threading
 
-from hcl_jax.process_log import ProcessLog, log_path
+from hcl_jax.run.process_log import ProcessLog, log_path
 
 
 def test_two_writers_of_one_log_lose_no_line(tmp_path):

@@ -6,8 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from hcl_jax import linear_readout, models
-from hcl_jax.readout_published import train_linear_readout_published
+from hcl_jax.evaluation import linear_readout
+from hcl_jax import models
+from hcl_jax.evaluation.readout_published import train_linear_readout_published
 
 N_TRAIN, N_TEST, BATCH, CLASSES = 14, 10, 6, 3
 
@@ -107,7 +108,7 @@ def test_published_readout_bad_epochs():
 
 def test_published_readout_on_a_mesh_equals_one_device():
   """Batches split over 2 devices (rows 6 and 2: no trimming) == one device."""
-  from hcl_jax.mesh import make_mesh
+  from hcl_jax.distributed.mesh import make_mesh
   model, data = _model(), _data()
   variables = model.init(jax.random.key(1), jnp.asarray(data[0][:2]), train=False)
   run = lambda mesh: train_linear_readout_published(

@@ -19,14 +19,15 @@ import time
 import pytest
 
 from gcs_emulator import BUCKET, gcs  # noqa: F401  (fixture)
-from hcl_jax import rehearse_pod
+from hcl_jax.testing import pod as pod_lib
+from hcl_jax.testing import pod_rehearsal
 
 pytestmark = pytest.mark.xdist_group("multiprocess")
 
 # Generous per run: two cold JAX starts and compiles on a loaded 2-core machine.
 _RUN_TIMEOUT_S = 600
 _TEST_IMAGES = 360  # digits' test split: one image is 0.28 points of top-1
-_STEPS = 11         # 1 epoch of 1437 // 128 batches (rehearse_pod.TINY_OVERRIDES)
+_STEPS = 11         # 1 epoch of 1437 // 128 batches (pod_lib.TINY_OVERRIDES)
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +37,19 @@ def pod(tmp_path_factory):
   for name in ("cwd", "out", "jax_cache"):
     (root / name).mkdir()
   data_dir = str(root / "tfds")
-  rehearse_pod.prepare_digits(data_dir, rehearse_pod.TINY_OVERRIDES)
+  pod_lib.prepare_digits(data_dir, pod_lib.TINY_OVERRIDES)
   cache = {"JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   return dict(data_dir=data_dir, scratch=str(root / "cwd"), log_dir=str(root / "out"),
-              overrides=rehearse_pod.TINY_OVERRIDES, timeout_s=_RUN_TIMEOUT_S,
+              overrides=pod_lib.TINY_OVERRIDES, timeout_s=_RUN_TIMEOUT_S,
               extra_env=cache)
 
 
 @pytest.fixture(scope="module")
 def reference(gcs, pod):
   """The uninterrupted 2 x 4 run of gs://rehearsal/reference."""
-  return rehearse_pod.run_pod(gcs, prefix="reference", processes=2, devices_per_process=4,
+  return pod_rehearsal.run_pod(gcs, prefix="reference", processes=2, devices_per_process=4,
                               **pod)
 
 
@@ -66,7 +67,7 @@ def test_rehearsal_leaves_the_whole_run_in_the_bucket(gcs, reference, pod, tmp_p
   assert f"x {_STEPS} steps of 128 images on 8 device(s)" in out0
   assert "process 1 of 2" in reference["outputs"][-1][1]
   # The checkpoints hold the final step; metrics every 2 steps.
-  assert _STEPS in rehearse_pod.checkpoint_steps(gcs, "reference")
+  assert _STEPS in pod_rehearsal.checkpoint_steps(gcs, "reference")
   lines = gcs.read_object(BUCKET, "reference/metrics.jsonl").decode().splitlines()
   assert [json.loads(l)["step"] for l in lines] == [*range(2, _STEPS + 1, 2), _STEPS]
   # Each process's log went to the bucket through the workdir layer.
@@ -92,7 +93,7 @@ def test_evaluation_same_on_2x4_and_1x8(gcs, reference, pod):
   the 2 x 4 run's final checkpoint, which ``python -m hcl_jax.evaluate``
   reads back from the bucket on 1 x 8.
   """
-  one = rehearse_pod.run_pod(gcs, prefix="one_by_eight", processes=1, devices_per_process=8,
+  one = pod_rehearsal.run_pod(gcs, prefix="one_by_eight", processes=1, devices_per_process=8,
                              **pod)
   tolerance = 100.0 / _TEST_IMAGES + 1e-9
   for key in ("linear_top1", "knn_top1"):
@@ -113,7 +114,7 @@ def test_evaluation_same_on_2x4_and_1x8(gcs, reference, pod):
     assert abs(one["results"][key] - reference["results"][key]) <= 1.0, key
 
   env = {**os.environ, **gcs.env(), **pod["extra_env"], "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": str(rehearse_pod.REPO_ROOT)}
+         "PYTHONPATH": str(pod_lib.REPO_ROOT)}
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(name, None)
@@ -129,7 +130,7 @@ def test_evaluation_same_on_2x4_and_1x8(gcs, reference, pod):
   (evaluation,) = cli["evaluations"][str(_STEPS)].values()
   for key in ("linear_top1", "knn_top1"):
     assert abs(evaluation[key] - reference["results"][key]) <= tolerance, key
-  rehearse_pod.check_no_local_gs(pod["scratch"])
+  pod_rehearsal.check_no_local_gs(pod["scratch"])
 
 
 def test_preemption_one_then_all_resumes_to_the_same_end(gcs, reference, pod):
@@ -144,7 +145,7 @@ def test_preemption_one_then_all_resumes_to_the_same_end(gcs, reference, pod):
   Runs on the module's warm compilation cache: process 0 then starts each
   program at once while process 1 compiles it, the case that hung (issue
   24) before every program was compiled on every process ahead of a barrier."""
-  run = rehearse_pod.run_pod(gcs, prefix="preempted", processes=2, devices_per_process=4,
+  run = pod_rehearsal.run_pod(gcs, prefix="preempted", processes=2, devices_per_process=4,
                              preempt=("one", "all"), **pod)
   first, second = run["stopped_at"]
   assert 0 < first < second < _STEPS
@@ -167,13 +168,13 @@ def test_missing_host_fails_fast_with_a_clear_message(pod, tmp_path):
   the timeout, exit 1, and no JAX fatal log (DEADLINE_EXCEEDED and a C++
   stack trace, as before issue 24)."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  address = f"127.0.0.1:{rehearse_pod._free_port()}"
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(rehearse_pod.REPO_ROOT),
+  address = f"127.0.0.1:{pod_lib.free_port()}"
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(pod_lib.REPO_ROOT),
              JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="0")
   started = time.monotonic()
   proc = subprocess.run(
       [sys.executable, "-m", "hcl_jax.main", "--config",
-       str(rehearse_pod.REPO_ROOT / "configs" / "digits.py"), "--workdir", str(tmp_path / "w"),
+       str(pod_lib.REPO_ROOT / "configs" / "digits.py"), "--workdir", str(tmp_path / "w"),
        f"--config.data_dir={pod['data_dir']}", "--distributed_init_timeout_s=3"],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   took = time.monotonic() - started
@@ -193,7 +194,8 @@ def test_missing_host_fails_fast_with_a_clear_message(pod, tmp_path):
 # every process through PYTHONPATH (sitecustomize).
 _SLEEP_ON_PROCESS_1 = """
 import os, sys, time
-from hcl_jax import distributed, compile_sync
+from hcl_jax import distributed
+from hcl_jax.distributed import compile_sync
 if os.environ.get("JAX_PROCESS_ID") == "1":
   def _sleep_forever(self, *args):
     print("process 1: sleeping before its first step", flush=True)
@@ -219,7 +221,7 @@ def test_a_hung_process_fails_within_the_bound_showing_every_stack(pod, tmp_path
   hook.mkdir()
   (hook / "sitecustomize.py").write_text(_SLEEP_ON_PROCESS_1)
   env = dict(pod["extra_env"], PYTHONPATH=str(hook))
-  running = rehearse_pod.start_pod(
+  running = pod_lib.start_pod(
       processes=2, devices_per_process=4, workdir=str(tmp_path / "w"),
       data_dir=pod["data_dir"], overrides=pod["overrides"], env=env, cwd=str(tmp_path),
       log_dir=str(tmp_path), tag="hung")
@@ -231,12 +233,12 @@ def test_a_hung_process_fails_within_the_bound_showing_every_stack(pod, tmp_path
       assert time.monotonic() < deadline, running.output(1)[-3000:]
       time.sleep(0.2)
   except BaseException:
-    rehearse_pod.kill_pod(running)
+    pod_lib.kill_pod(running)
     raise
   bound_s = 10.0
   started = time.monotonic()
-  with pytest.raises(rehearse_pod.RehearsalError) as failed:
-    rehearse_pod.wait_pod(running, timeout_s=bound_s)
+  with pytest.raises(pod_lib.RehearsalError) as failed:
+    pod_lib.wait_pod(running, timeout_s=bound_s)
   took = time.monotonic() - started
   assert took < bound_s + 30, took
   report = str(failed.value)

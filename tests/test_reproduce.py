@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from hcl_jax import config_check
+from hcl_jax.config import check as config_check
 from hcl_jax.reproduce import cli, report, runner, tables
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from configs.digits import get_config
-from hcl_jax import divergence
-from hcl_jax import mesh as mesh_lib
+from hcl_jax.train import divergence
+from hcl_jax.distributed import mesh as mesh_lib
 from hcl_jax import models
-from hcl_jax import optim
-from hcl_jax import run_guard
-from hcl_jax import train_step as ts
+from hcl_jax.train import optim
+from hcl_jax.run import guard as run_guard
+from hcl_jax.train import step as ts
 
 
 # ------------------------------------------------------------------------ lock
@@ -223,7 +223,7 @@ def test_nonfinite_step_keeps_the_state_and_says_what():
 
 
 def _three_checkpoints(directory):
-  from hcl_jax.checkpointing import Checkpointer
+  from hcl_jax.run.checkpointing import Checkpointer
   with Checkpointer(directory, keep=3, save_every_steps=1) as ckpt:
     for s in (1, 2, 3):
       ckpt.maybe_save(s, {"w": jnp.arange(100.0) * s}, {"data_step": s})
@@ -234,7 +234,7 @@ def _listing(directory):
 
 
 def test_intact_checkpoint_of_another_shape_is_refused_not_renamed(tmp_path):
-  from hcl_jax.checkpointing import Checkpointer, IncompatibleCheckpoint
+  from hcl_jax.run.checkpointing import Checkpointer, IncompatibleCheckpoint
   _three_checkpoints(tmp_path)
   before = _listing(tmp_path)
   for template in ({"w": jnp.zeros(50)}, {"v": jnp.zeros(100)}):
@@ -245,7 +245,7 @@ def test_intact_checkpoint_of_another_shape_is_refused_not_renamed(tmp_path):
 
 
 def test_read_only_checkpointer_skips_corrupt_without_touching_anything(tmp_path):
-  from hcl_jax.checkpointing import Checkpointer
+  from hcl_jax.run.checkpointing import Checkpointer
   _three_checkpoints(tmp_path)
   for name in glob.glob(str(tmp_path / "3" / "state" / "**" / "d" / "*"), recursive=True):
     with open(name, "r+b") as f:
@@ -302,7 +302,7 @@ def test_tensorstore_disk_full_error_is_one_line(capsys):
 def test_shape_change_is_refused_on_eight_devices_not_confused_with_chunks(tmp_path):
   """A replicated array is written in per-device chunks: their shape is no
   mismatch (the intact checkpoint restores), another rank is."""
-  from hcl_jax.checkpointing import Checkpointer, IncompatibleCheckpoint
+  from hcl_jax.run.checkpointing import Checkpointer, IncompatibleCheckpoint
   mesh = mesh_lib.make_mesh(jax.devices()[:8])
   state = jax.device_put({"w": jnp.ones((3, 3, 4, 8))}, mesh_lib.replicated(mesh))
   with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
@@ -320,7 +320,7 @@ def test_orbax_records_of_an_os_error_are_dropped_others_kept(tmp_path):
   # tmpfs (benchmarks/fault_sweep.py): 4 tracebacks before, 0 after.
   import logging
 
-  from hcl_jax import checkpointing
+  from hcl_jax.run import checkpointing
 
   checkpointing.Checkpointer(tmp_path / "ckpt", keep=1, save_every_steps=1).close()
   absl_filters = [f for f in logging.getLogger("absl").filters

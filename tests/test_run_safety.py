@@ -27,12 +27,12 @@ import pytest  # noqa: E402
 
 import support  # noqa: E402
 from support import data_dir, fake_eval  # noqa: E402,F401  (fixtures)
-from hcl_jax import divergence  # noqa: E402
-from hcl_jax import evaluate  # noqa: E402
-from hcl_jax import evaluate_cli  # noqa: E402
+from hcl_jax.train import divergence  # noqa: E402
+from hcl_jax.evaluation import protocol as evaluate  # noqa: E402
+from hcl_jax import evaluate as evaluate_cli  # noqa: E402
 from hcl_jax import main as main_lib  # noqa: E402
-from hcl_jax import run_guard  # noqa: E402
-from hcl_jax.checkpointing import IncompatibleCheckpoint  # noqa: E402
+from hcl_jax.run import guard as run_guard  # noqa: E402
+from hcl_jax.run.checkpointing import IncompatibleCheckpoint  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BATCH = 64
@@ -303,7 +303,7 @@ def test_second_sigint_exits_at_once(tmp_path):
   # second Ctrl-C must end it at once (the first only asks for a save).
   program = (
       "import os, signal, time\n"
-      "from hcl_jax.preemption import PreemptionGuard\n"
+      "from hcl_jax.run.preemption import PreemptionGuard\n"
       "with PreemptionGuard(handle_sigint=True) as guard:\n"
       "  os.kill(os.getpid(), signal.SIGINT)\n"
       "  time.sleep(0.2)\n"
@@ -473,7 +473,7 @@ def test_training_rerun_keeps_the_evaluations_recorded_by_evaluate(finished_run,
 
 
 def test_checkpoint_past_the_configs_end_is_refused_in_one_line(tmp_path):
-  from hcl_jax.checkpointing import Restored
+  from hcl_jax.run.checkpointing import Restored
   config = support.digits_config()
   with pytest.raises(run_guard.RunError) as err:
     main_lib._check_resumable(Restored(44, None, {}), 22, 8, config, str(tmp_path))
@@ -483,7 +483,7 @@ def test_checkpoint_past_the_configs_end_is_refused_in_one_line(tmp_path):
 
 
 def test_resuming_on_another_device_count_prints_one_note(tmp_path, capsys):
-  from hcl_jax.checkpointing import Restored
+  from hcl_jax.run.checkpointing import Restored
   config = support.digits_config()
   main_lib._check_resumable(Restored(10, None, {"num_devices": 8}), 22, 8, config, "w")
   assert capsys.readouterr().out == ""

@@ -1,4 +1,4 @@
-"""hcl_jax.throughput (FLOPs, peaks, MFU), hcl_jax.profiling's step range,
+"""hcl_jax.train.throughput (FLOPs, peaks, MFU), hcl_jax.train.profiling's step range,
 and MetricLogger's throughput fields. The full runs' metrics and profile are
 checked in test_main.py."""
 
@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import pytest
 
 from gcs_emulator import BUCKET, gcs, gcs_env  # noqa: F401  (fixtures)
-from hcl_jax import metrics_log
-from hcl_jax import profiling
-from hcl_jax import throughput
-from hcl_jax.metrics_log import MetricLogger
+from hcl_jax.run import metrics_log
+from hcl_jax.train import profiling
+from hcl_jax.train import throughput
+from hcl_jax.run.metrics_log import MetricLogger
 
 
 def test_flops_of_a_matmul_are_2mnk():
@@ -45,7 +45,7 @@ def test_unknown_chips_have_no_peak_and_no_mfu(kind):
       kind, bf16=True), num_devices=1, device_kind=kind)
   assert cost.mfu(0.5) is None
   assert cost.describe() == (f"1 TFLOP per step; no MFU: {kind!r} is not in "
-                             "hcl_jax.throughput.PEAKS")
+                             "hcl_jax.train.throughput.PEAKS")
 
 
 def test_mfu_by_hand():

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from configs.digits import get_config
-from hcl_jax import config_check
-from hcl_jax import mesh as mesh_lib
+from hcl_jax.config import check as config_check
+from hcl_jax.distributed import mesh as mesh_lib
 from hcl_jax import models
-from hcl_jax import optim
-from hcl_jax import train_step as ts
+from hcl_jax.train import optim
+from hcl_jax.train import step as ts
 
 import support  # tests/ is on sys.path under pytest
 

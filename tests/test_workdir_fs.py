@@ -18,11 +18,11 @@ import pytest
 import tensorflow as tf
 
 from gcs_emulator import BUCKET, gcs, gcs_env  # noqa: F401  (fixtures)
-from hcl_jax import workdir_fs
+from hcl_jax.run import workdir_fs
 from hcl_jax.reproduce import runner
-from hcl_jax.checkpointing import Checkpointer
-from hcl_jax.metrics_log import MetricLogger
-from hcl_jax.process_log import ProcessLog
+from hcl_jax.run.checkpointing import Checkpointer
+from hcl_jax.run.metrics_log import MetricLogger
+from hcl_jax.run.process_log import ProcessLog
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_one_flipped_byte_in_the_bucket_falls_back_to_the_previous_step(gcs_env,
   blob = bytearray(gcs_env.read_object(BUCKET, largest))
   blob[len(blob) // 2] ^= 0x01
   epath.Path(f"gs://{BUCKET}/{largest}").write_bytes(bytes(blob))
-  with caplog.at_level(logging.WARNING, logger="hcl_jax.checkpointing"):
+  with caplog.at_level(logging.WARNING, logger="hcl_jax.run.checkpointing"):
     with Checkpointer(f"gs://{BUCKET}/fs/flip", keep=2, save_every_steps=1) as ckpt:
       step, restored, extra = ckpt.restore_latest({"w": jnp.zeros(1000)})
   assert step == 1 and extra == {"data_step": 1}

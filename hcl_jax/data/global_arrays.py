@@ -4,7 +4,7 @@
 arrays with leading axis b = global batch / process_count) into global
 jax.Arrays of leading axis B, sharded over the mesh's data axis
 (``jax.make_array_from_process_local_data`` with
-``hcl_jax.mesh.batch_sharding(mesh)``). A background thread keeps ``prefetch``
+``hcl_jax.distributed.mesh.batch_sharding(mesh)``). A background thread keeps ``prefetch``
 batches on the devices ahead of the training step.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 import jax
 import numpy as np
 
-from hcl_jax.mesh import batch_sharding
+from hcl_jax.distributed.mesh import batch_sharding
 
 _END = object()
 
@@ -42,7 +42,7 @@ def global_batches(dataset: Iterable, mesh: jax.sharding.Mesh, *,
 
   Args:
     dataset: host-local batches, e.g. ``make_pretrain_dataset(...).dataset``.
-    mesh: the device mesh (hcl_jax.mesh.make_mesh()).
+    mesh: the device mesh (hcl_jax.distributed.mesh.make_mesh()).
     prefetch: batches converted and placed on devices ahead of the consumer.
 
   Yields:

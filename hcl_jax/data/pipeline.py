@@ -42,7 +42,7 @@ label -1 to fill the last batch; all hosts yield the same number of batches.
 Normalisation: config.data.mean / config.data.std, by default CIFAR-10's
 statistics for every dataset, as in the published code (docs/reference.md).
 
-``config`` is a complete config (``hcl_jax.config_check.validate`` fills an
+``config`` is a complete config (``hcl_jax.config.check.validate`` fills an
 older config's missing keys from the schema): every key is read directly.
 """
 
@@ -53,7 +53,7 @@ import math
 
 import jax
 
-from hcl_jax import registry
+from hcl_jax.config import registry
 from hcl_jax.data import augment as aug
 from hcl_jax.data import sources
 from hcl_jax.data._tf import tf

@@ -1,4 +1,4 @@
-"""Loading the datasets of ``hcl_jax.registry.DATASETS`` (their splits and sizes).
+"""Loading the datasets of ``hcl_jax.config.registry.DATASETS`` (their splits and sizes).
 
 ``load_builder(config)`` returns a prepared TFDS builder or fails within
 seconds: TFDS datasets are never downloaded here (this code runs on machines
@@ -11,7 +11,7 @@ it is used (``check_shards``): a missing, truncated or corrupt shard (TFRecord
 checks each record's CRC) ends in one line naming the file, before the
 pre-training starts, the test split included.
 
-Adding a dataset: its :class:`hcl_jax.registry.Dataset` entry; if TFDS lacks
+Adding a dataset: its :class:`hcl_jax.config.registry.Dataset` entry; if TFDS lacks
 it, ``local=True`` there and its builder in ``LOCAL_BUILDERS`` here, as
 ``digits`` has (``hcl_jax/data/digits.py``).
 """
@@ -22,9 +22,9 @@ import os
 
 import tensorflow_datasets as tfds
 
-from hcl_jax import registry
+from hcl_jax.config import registry
 from hcl_jax.data.digits import digits_builder
-from hcl_jax.registry import DATASETS
+from hcl_jax.config.registry import DATASETS
 
 
 # The builders of the ``local`` datasets, by name: (data_dir, image_size) -> builder.

@@ -3,7 +3,7 @@
   python -m hcl_jax.graph.main --config configs/graph.py:dataset=MUTAG \
       --workdir workdirs/graph/mutag --config.loss.beta=2.0
 
-The --config path is found as ``hcl_jax.config_check.parse_flags`` finds it
+The --config path is found as ``hcl_jax.config.check.parse_flags`` finds it
 (the working directory, then the shipped configs), and a bad one, or a bad
 ``:dataset=``, is one line.
 """
@@ -17,7 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from hcl_jax import config_check
+from hcl_jax.config import check as config_check
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/graph.py:dataset=NAME")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")

@@ -33,8 +33,8 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from hcl_jax import config_check
-from hcl_jax.checks import positive_int_arg
+from hcl_jax.config import check as config_check
+from hcl_jax.config.values import positive_int_arg
 from hcl_jax.graph.config import BETAS, DATASETS, REPEATS
 from hcl_jax.reproduce.report import mean_std
 

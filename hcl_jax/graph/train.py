@@ -5,8 +5,8 @@ dataset once (here with ``config.seed``), batch it in that fixed order every
 epoch, Adam 1e-3 on the local-global loss, and score the frozen graph
 embeddings with the SVC protocol at epoch 0, every ``eval_every_epochs`` and
 at the end (the stored result). The workdir gets ``checkpoints/`` (orbax, via
-hcl_jax.checkpointing), ``metrics.jsonl`` (+ TensorBoard, progress bar, via
-hcl_jax.metrics_log), ``config.json`` and, at the end, ``results.json``.
+hcl_jax.run.checkpointing), ``metrics.jsonl`` (+ TensorBoard, progress bar, via
+hcl_jax.run.metrics_log), ``config.json`` and, at the end, ``results.json``.
 Started again with the same workdir a run resumes from its latest checkpoint
 (the SVC scores so far travel in the checkpoint's JSON) and ends as one that
 went straight through; a finished run returns its results.json.
@@ -109,8 +109,8 @@ def _read_results(workdir: epath.Path) -> dict[str, Any] | None:
 def train_and_evaluate(config: Any, workdir: str, *,
                        dataset: tu_data.GraphDataset | None = None) -> dict[str, Any]:
   """Runs (or resumes, or returns the finished) run; returns results.json's dict."""
-  from hcl_jax.checkpointing import Checkpointer
-  from hcl_jax.metrics_log import MetricLogger
+  from hcl_jax.run.checkpointing import Checkpointer
+  from hcl_jax.run.metrics_log import MetricLogger
 
   validate_config(config)
   workdir_path = epath.Path(workdir)

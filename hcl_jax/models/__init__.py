@@ -43,7 +43,7 @@ def create_model(config: Any) -> ContrastiveModel:
 
   Parameters are float32 either way. Features have ``512 * width * expansion``
   (rounded) dimensions: 512 for ResNet-18/34, 2048 for ResNet-50 at width 1.
-  ``config`` is validated by ``hcl_jax.config_check.validate``.
+  ``config`` is validated by ``hcl_jax.config.check.validate``.
   """
   stage_sizes, block_cls, _ = MODELS[config.model.name]
   dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32

@@ -8,8 +8,8 @@ import sys
 from typing import Sequence
 
 import hcl_jax.reproduce
-from hcl_jax.checks import positive_int_arg
-from hcl_jax.registry import READOUTS
+from hcl_jax.config.values import positive_int_arg
+from hcl_jax.config.registry import READOUTS
 from hcl_jax.reproduce import report, runner, tables
 from hcl_jax.reproduce.report import DEFAULT_OUT_DIR
 from hcl_jax.reproduce.runner import DEFAULT_ROOT, Run

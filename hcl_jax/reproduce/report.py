@@ -17,7 +17,7 @@ import re
 import statistics
 from typing import Any, Mapping, Sequence
 
-from hcl_jax import workdir_fs
+from hcl_jax.run import workdir_fs
 from hcl_jax.reproduce.runner import read_results
 from hcl_jax.reproduce.tables import BASELINE, CELLS, PUBLISHED, Cell, check_table
 

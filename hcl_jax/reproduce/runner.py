@@ -21,10 +21,10 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-from hcl_jax import checks
-from hcl_jax import registry
-from hcl_jax import run_guard
-from hcl_jax import workdir_fs
+from hcl_jax.config import values as checks
+from hcl_jax.config import registry
+from hcl_jax.run import guard as run_guard
+from hcl_jax.run import workdir_fs
 from hcl_jax.reproduce import tables
 from hcl_jax.reproduce.tables import CELLS, Cell
 
@@ -119,7 +119,7 @@ def check_configs(runs: Sequence[Run]) -> str | None:
   Every run's config file with its flags, checked as hcl_jax.main will check
   it, before any run starts.
   """
-  from hcl_jax import config_check
+  from hcl_jax.config import check as config_check
 
   checked = set()
   for run in runs:

@@ -1,8 +1,8 @@
 """The image tables: their cells, the published numbers, each run's config and FLOPs.
 
-A table is one dataset of ``hcl_jax.registry.DATASETS`` with six cells (the
+A table is one dataset of ``hcl_jax.config.registry.DATASETS`` with six cells (the
 rows of the paper's STL-10 table): SimCLR; Debiased (tau+ 0.1); Hard (tau+
-0.1) with beta 0.5, 1, 2, 6. A cell is a method of ``hcl_jax.registry.METHODS``
+0.1) with beta 0.5, 1, 2, 6. A cell is a method of ``hcl_jax.config.registry.METHODS``
 (its loss and tau+) and a beta. Each run's config is the method's config,
 selected by argument: ``configs/paper.py:dataset=D,method=M`` (the published
 settings and evaluation protocol), or for the digits demo ``configs/digits.py``
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hcl_jax import registry
+from hcl_jax.config import registry
 
 # Every image dataset is a table; digits is the cheap demo of the machinery.
 TABLES = tuple(registry.DATASETS)
@@ -25,7 +25,7 @@ class Cell:
   """One row of a table: a method and its beta."""
   name: str       # workdir component
   label: str      # as in the paper's table
-  method: str     # a key of hcl_jax.registry.METHODS: loss.name and tau+
+  method: str     # a key of hcl_jax.config.registry.METHODS: loss.name and tau+
   beta: float     # config.loss.beta
 
   @property

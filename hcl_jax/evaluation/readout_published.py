@@ -6,7 +6,7 @@ what this module does the same way:
 * One ``nn.Linear(F, classes)`` with bias on the frozen encoder's
   un-normalised feature, Adam lr 1e-3 with weight decay 1e-6 (L2 in the
   gradient), cross-entropy, batch 512, 100 epochs, shuffled each epoch, the
-  last partial batch kept (reused from :mod:`hcl_jax.linear_readout`).
+  last partial batch kept (reused from :mod:`hcl_jax.evaluation.linear_readout`).
 * Training images go through the augmented ``train_transform`` (crop, flip,
   jitter, grayscale, blur: ``make_eval_dataset(..., augment=True)``).
 * The network is in **train mode** while the linear layer trains
@@ -40,13 +40,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from hcl_jax import checks
-from hcl_jax import compile_sync
-from hcl_jax import linear_readout
-from hcl_jax import multihost
-from hcl_jax.features import (check_batch_labels, extract_features, num_devices, place_batch,
+from hcl_jax.config import values as checks
+from hcl_jax.distributed import compile_sync
+from hcl_jax.evaluation import linear_readout
+from hcl_jax.distributed import multihost
+from hcl_jax.evaluation.features import (check_batch_labels, extract_features, num_devices, place_batch,
                               to_host_batch)
-from hcl_jax.mesh import replicated
+from hcl_jax.distributed.mesh import replicated
 
 TEST_EVERY = 5   # image/linear.py: `if epoch % 5 == 0: test`
 
@@ -74,7 +74,7 @@ def train_linear_readout_published(
     make_test_iterator: ``make_test_iterator()`` yields the unaugmented test
       batches.
     num_classes, epochs, learning_rate, weight_decay, seed: as in
-      :func:`hcl_jax.linear_readout.train_linear_readout` (epochs >= 1).
+      :func:`hcl_jax.evaluation.linear_readout.train_linear_readout` (epochs >= 1).
     bn_groups: ghost-BN chunks of every training batch (DataParallel GPUs).
     test_every: test every this many epochs (and after the last one).
     mesh: batches split over its data axis; variables replicated.

@@ -338,7 +338,7 @@ class Attempts:
     records = self._previous + [{"start": round(self.start, 3),
                                  "last_seen": round(time.time(), 3),
                                  "host": socket.gethostname(), "pid": os.getpid()}]
-    from hcl_jax import workdir_fs  # atomic locally; one upload on gs:// (no rename there)
+    from hcl_jax.run import workdir_fs  # atomic locally; one upload on gs:// (no rename there)
     workdir_fs.write_text(self.path, json.dumps(records, indent=1) + "\n")
 
 
@@ -525,7 +525,7 @@ class one_line_errors:
 
   def __exit__(self, exc_type, exc, tb):
     from hcl_jax import distributed
-    from hcl_jax import divergence
+    from hcl_jax.train import divergence
 
     if exc is None:
       return False
@@ -562,7 +562,7 @@ def leave_without_shutdown(before_exit=None) -> None:
   """``exit_now`` then skips ``jax.distributed.shutdown``: its barrier would
   wait for processes that are stuck or gone (a cross-process interrupt).
   ``before_exit``, if given, is called (once) right before the process ends
-  instead (``hcl_jax.preemption``: the coordinator leaves last)."""
+  instead (``hcl_jax.run.preemption``: the coordinator leaves last)."""
   global _shutdown_on_exit
   _shutdown_on_exit = False
   if before_exit is not None and before_exit not in _before_exit:

@@ -39,7 +39,7 @@ default 120 s), the process prints one line, ``error: DistributedInitError:
 rc 134, with a DEADLINE_EXCEEDED log and a C++ stack trace that name neither).
 
 After it, ``jax.devices()`` lists every device of every process, so the mesh
-of ``hcl_jax.mesh.make_mesh()`` spans the whole slice.
+of ``hcl_jax.distributed.mesh.make_mesh()`` spans the whole slice.
 
 On CPU, cross-process collectives use gloo, JAX's default since 0.4.3x
 (``jax_cpu_collectives_implementation``); it is set explicitly here so that a
@@ -534,7 +534,7 @@ def wait_for_all_processes(name: str, timeout_s: int = 600) -> None:
   another (one host slower to build its state or to compile) fails in gloo
   ("GetKeyValue() timed out") and the next collective hangs; this barrier,
   with a long timeout, lines the processes up first (see
-  ``hcl_jax.compile_sync``). No-op on one process.
+  ``hcl_jax.distributed.compile_sync``). No-op on one process.
 
   Raises:
     ProcessesOutOfStep: not every process arrived within ``timeout_s``.

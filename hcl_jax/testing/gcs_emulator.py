@@ -19,7 +19,7 @@ TensorStore (orbax's array  ``TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:PORT``,
 data)                       ``GOOGLE_AUTH_TOKEN_FOR_TESTING=<any>`` (no
                             credential lookup)
 google-cloud-storage        ``STORAGE_EMULATOR_HOST`` (as gcsfs)
-TensorBoard events          written by ``hcl_jax.metrics_log`` through epath
+TensorBoard events          written by ``hcl_jax.run.metrics_log`` through epath
 ==========================  ==================================================
 
 TensorFlow's own gs:// file system (``tf.io.gfile``, ``tf.summary``'s writer,

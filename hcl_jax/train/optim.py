@@ -2,7 +2,7 @@
 
 ``make_optimizer(config, steps_per_epoch)`` builds the run's optimizer once
 (``hcl_jax.main``); the train state carries it (``TrainState.tx``).
-``config.optimizer`` is checked by ``hcl_jax.config_check.validate``, not here.
+``config.optimizer`` is checked by ``hcl_jax.config.check.validate``, not here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hcl_jax import checks
+from hcl_jax.config import values as checks
 
 OPTIMIZERS = ("adam", "lars")
 

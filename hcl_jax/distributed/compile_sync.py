@@ -20,7 +20,7 @@ calls with that signature go straight to the compiled program. On one
 process there is no barrier, but the first call is compiled ahead of time
 all the same: the caller can time the compilation apart from the run
 (``compile``) and read the program's cost analysis (``lowered``, ``compiled``),
-which the run's throughput and MFU logging need (``hcl_jax.throughput``).
+which the run's throughput and MFU logging need (``hcl_jax.train.throughput``).
 """
 
 from __future__ import annotations

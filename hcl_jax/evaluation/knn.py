@@ -8,8 +8,8 @@ rows, weights them by ``exp(sim / t)`` with ``t = 0.5``, sums the weights per
 class and predicts the argmax.
 
 With a ``mesh``, chunks of test rows are split over
-``hcl_jax.mesh.DATA_AXIS`` and the train feature bank is replicated (see
-:mod:`hcl_jax.features`).
+``hcl_jax.distributed.mesh.DATA_AXIS`` and the train feature bank is replicated (see
+:mod:`hcl_jax.evaluation.features`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hcl_jax import checks
-from hcl_jax import compile_sync
-from hcl_jax import multihost
-from hcl_jax.features import (PRECISION, check_features, check_labels, num_devices, pad_rows,
+from hcl_jax.config import values as checks
+from hcl_jax.distributed import compile_sync
+from hcl_jax.distributed import multihost
+from hcl_jax.evaluation.features import (PRECISION, check_features, check_labels, num_devices, pad_rows,
                               round_up)
 from hcl_jax.losses import l2_normalize
-from hcl_jax.mesh import batch_sharding, replicated
+from hcl_jax.distributed.mesh import batch_sharding, replicated
 
 Array = jax.Array
 

@@ -27,14 +27,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from hcl_jax import config_check
-from hcl_jax import divergence
+from hcl_jax.config import check as config_check
+from hcl_jax.train import divergence
 from hcl_jax import losses
-from hcl_jax import mesh as mesh_lib
+from hcl_jax.distributed import mesh as mesh_lib
 from hcl_jax import models
-from hcl_jax import optim
+from hcl_jax.train import optim
 
-# config.loss.beta_anneal (checked by hcl_jax.config_check).
+# config.loss.beta_anneal (checked by hcl_jax.config.check).
 BETA_ANNEALS = ("none", "down")
 # The published code's annealing: beta walks through linspace(beta, 0, 9).
 NUM_BETA_STEPS = 9
@@ -56,7 +56,7 @@ class TrainState:
     params: float32 parameters of the model.
     batch_stats: BatchNorm running averages.
     opt_state: the optax state of ``tx``.
-    tx: the run's :class:`hcl_jax.optim.Optimizer` (``optim.make_optimizer``).
+    tx: the run's :class:`hcl_jax.train.optim.Optimizer` (``optim.make_optimizer``).
   """
   step: jax.Array
   params: Any
@@ -187,7 +187,7 @@ def make_train_step(config: Any, mesh: Mesh, steps_per_epoch: int, model: nn.Mod
   Args:
     config: the full config, validated by ``config_check.validate`` (the
       entry point's one check; nothing here checks it again).
-    mesh: from :func:`hcl_jax.mesh.make_mesh`, or a default (Explicit-axis)
+    mesh: from :func:`hcl_jax.distributed.mesh.make_mesh`, or a default (Explicit-axis)
       ``jax.make_mesh((n,), ("data",))``: the step then runs with the axis
       Auto inside (``jax.sharding.auto_axes``), since the model's reshapes of
       the sharded batch are written for GSPMD. ``config.batch_size`` must be a

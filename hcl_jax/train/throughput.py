@@ -147,7 +147,7 @@ class StepCost:
     flops = ("FLOPs per step unknown" if self.flops_per_step is None
              else f"{_with_prefix(self.flops_per_step)}FLOP per step")
     if self.peak_per_chip is None:
-      return f"{flops}; no MFU: {self.device_kind!r} is not in hcl_jax.throughput.PEAKS"
+      return f"{flops}; no MFU: {self.device_kind!r} is not in hcl_jax.train.throughput.PEAKS"
     return (f"{flops}; peak {self.peak_per_chip / 1e12:.4g} TFLOP/s per chip "
             f"({self.device_kind}) x {self.num_devices}")
 

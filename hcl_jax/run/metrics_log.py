@@ -1,13 +1,13 @@
 """Where the training run's numbers go: JSONL, TensorBoard, terminal.
 
-In ``workdir`` (a local folder or gs://..., all through ``hcl_jax.workdir_fs``):
+In ``workdir`` (a local folder or gs://..., all through ``hcl_jax.run.workdir_fs``):
 - ``config.json``, ``config.yaml``: the run's config, written on creation.
 - ``metrics.jsonl``: one JSON object per logged step, e.g.
   ``{"step": 120, "time": 1732871000.1, "epoch": 2, "loss": 5.12, ...}``.
   With ``batch_size`` given, every line also has the throughput since the
   previous line: ``step_time_s``, ``images_per_sec`` (global),
   ``images_per_sec_per_device`` and, on a chip in
-  ``hcl_jax.throughput.PEAKS`` once ``log_compiled`` gave the step's cost,
+  ``hcl_jax.train.throughput.PEAKS`` once ``log_compiled`` gave the step's cost,
   ``mfu`` (a fraction of the chips' summed peak).
   A resumed run continues the file; lines of steps after ``start_step`` (logged by the killed run after its last checkpoint,
   so about to be redone) are dropped first, leaving one line per step.
@@ -47,7 +47,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from hcl_jax import workdir_fs
+from hcl_jax.run import workdir_fs
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_JSON = "config.json"

@@ -223,7 +223,7 @@ def exit_every_process_on_signal(phase: str) -> None:
 
   from jax._src import distributed as jax_distributed
 
-  from hcl_jax import run_guard
+  from hcl_jax.run import guard as run_guard
 
   client = jax_distributed.global_state.client
   me, count = jax.process_index(), jax.process_count()

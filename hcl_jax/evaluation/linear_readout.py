@@ -9,7 +9,7 @@ Both follow the published ``linear.py`` of Robinson et al. (ICLR 2021):
   recomputed every epoch from augmented train images, and the last partial
   batch kept (``DataLoader`` without ``drop_last``).
 * ``train_linear_readout``: the fast mode: features computed once, without
-  augmentation (:func:`hcl_jax.features.extract_features`), and the same
+  augmentation (:func:`hcl_jax.evaluation.features.extract_features`), and the same
   linear layer trained on the cached features with the same optimizer and
   update step. It is about 100x cheaper (one encoder pass instead of one per
   epoch), but sees every image in one fixed view, so it regularises less: it
@@ -18,7 +18,7 @@ Both follow the published ``linear.py`` of Robinson et al. (ICLR 2021):
   sweeps; report the augmented mode for numbers comparable to the paper.
 
 The third protocol, ``linear.py`` with the network in train mode, is
-:mod:`hcl_jax.readout_published`; it reuses ``update`` and the checks here.
+:mod:`hcl_jax.evaluation.readout_published`; it reuses ``update`` and the checks here.
 
 Notes on the reference code that callers building ``encode_fn`` should know:
 ``linear.py`` trains the classifier on the *un-normalised* flattened backbone
@@ -27,9 +27,9 @@ so the frozen encoder's BatchNorm uses batch statistics there; a JAX
 ``encode_fn`` normally uses the running averages (inference mode), which is
 also what padding needs (see ``train_linear_readout_augmented``).
 
-With a ``mesh``, minibatches are split over ``hcl_jax.mesh.DATA_AXIS``; the
+With a ``mesh``, minibatches are split over ``hcl_jax.distributed.mesh.DATA_AXIS``; the
 cached features (fast mode), the parameters and the optimizer state are
-replicated (see :mod:`hcl_jax.features`).
+replicated (see :mod:`hcl_jax.evaluation.features`).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hcl_jax import checks
-from hcl_jax import compile_sync
-from hcl_jax import multihost
-from hcl_jax.features import (PRECISION, check_batch_labels, check_encoded, check_features,
+from hcl_jax.config import values as checks
+from hcl_jax.distributed import compile_sync
+from hcl_jax.distributed import multihost
+from hcl_jax.evaluation.features import (PRECISION, check_batch_labels, check_encoded, check_features,
                               check_labels, num_devices, place_batch, round_up, to_host_batch)
-from hcl_jax.mesh import DATA_AXIS, replicated
+from hcl_jax.distributed.mesh import DATA_AXIS, replicated
 
 Array = jax.Array
 Params = dict[str, Array]  # {"kernel": [F, C], "bias": [C]}: flax nn.Dense layout

@@ -1,13 +1,13 @@
 """A frozen encoder's features, and what every evaluator needs to take them in.
 
 ``extract_features`` runs an encoder over a dataset's batches; the kNN
-(:mod:`hcl_jax.knn`) and the linear readouts (:mod:`hcl_jax.linear_readout`,
-:mod:`hcl_jax.readout_published`) consume its arrays, checked by
+(:mod:`hcl_jax.evaluation.knn`) and the linear readouts (:mod:`hcl_jax.evaluation.linear_readout`,
+:mod:`hcl_jax.evaluation.readout_published`) consume its arrays, checked by
 ``check_features`` / ``check_labels``, and place their batches on a mesh with
 ``place_batch``.
 
 Sharding: with a ``mesh``, every batch is split over
-``hcl_jax.mesh.DATA_AXIS``. Batches whose size is not a multiple of the
+``hcl_jax.distributed.mesh.DATA_AXIS``. Batches whose size is not a multiple of the
 device count are padded with masked rows, so a mesh gives the same result as
 one device up to float summation order. Results come back replicated (or,
 for features, gathered on the host), so reading them works on every process.
@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hcl_jax import multihost
-from hcl_jax.mesh import DATA_AXIS
+from hcl_jax.distributed import multihost
+from hcl_jax.distributed.mesh import DATA_AXIS
 
 Array = jax.Array
 

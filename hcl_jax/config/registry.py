@@ -73,7 +73,7 @@ METHODS: dict[str, Method] = {
     "hcl": Method("hcl", 0.1, 1.0),
 }
 
-# config.eval.readout: the linear readout protocols (hcl_jax.evaluate).
+# config.eval.readout: the linear readout protocols (hcl_jax.evaluation.protocol).
 READOUTS = ("fast", "augmented", "published")
 
 

@@ -22,8 +22,12 @@ from absl import flags
 from absl import logging
 
 from hcl_jax import distributed
-from hcl_jax import run_guard
-from hcl_jax.process_log import ProcessLog
+from hcl_jax.run import guard as run_guard
+from hcl_jax.run.process_log import ProcessLog
+
+# The one --workdir of the command lines (hcl_jax.main, hcl_jax.evaluate,
+# hcl_jax.graph.main): defined here, so that they can share a process (tests).
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 
 
 def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],

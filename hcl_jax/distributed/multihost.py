@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from hcl_jax.mesh import batch_sharding, replicated
+from hcl_jax.distributed.mesh import batch_sharding, replicated
 
 __all__ = ["is_multiprocess", "put_rows", "put_replicated", "put_identical_rows",
            "local_rows", "allgather_rows", "local_device_count"]

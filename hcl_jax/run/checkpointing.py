@@ -52,7 +52,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hcl_jax import workdir_fs
+from hcl_jax.run import workdir_fs
 
 _log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _as_restore_target(path, leaf):
     raise ValueError(
         f"template leaf {jax.tree_util.keystr(path)} is a ShapeDtypeStruct "
         "without a sharding; give it one (e.g. jax.ShapeDtypeStruct(shape, "
-        "dtype, sharding=hcl_jax.mesh.replicated(mesh))) or pass concrete "
+        "dtype, sharding=hcl_jax.distributed.mesh.replicated(mesh))) or pass concrete "
         "arrays.")
   return leaf
 
@@ -546,7 +546,7 @@ class _OsErrorRecords(logging.Filter):
   """
 
   def filter(self, record: logging.LogRecord) -> bool:
-    from hcl_jax import run_guard
+    from hcl_jax.run import guard as run_guard
 
     if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True

@@ -9,7 +9,7 @@ a scalar, with keyword-only hyperparameters that may be traced (jit, vmap,
 grad).
 
 The formula is evaluated in log space, in blocks of anchors, with a
-hand-written VJP, in :mod:`hcl_jax._blocked_loss`. Here, in order: the public
+hand-written VJP, in :mod:`hcl_jax.losses._blocked`. Here, in order: the public
 API, the argument checks, and the path for inputs sharded over Explicit mesh
 axes.
 """
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hcl_jax._blocked_loss import (Hyperparameters, Layout, anchor_losses, psum_of_local_terms,
+from hcl_jax.losses._blocked import (Hyperparameters, Layout, anchor_losses, psum_of_local_terms,
                                    swap_views)
 
 Array = jax.Array

@@ -7,7 +7,7 @@ Steps N to M (1-based, inclusive) are traced into
 so processes of one host never write the same file. The profiler writes
 through its own C++ file layer, which knows no gs://: a gs:// workdir's trace
 is written to a local temporary folder and copied there through
-``hcl_jax.workdir_fs`` (``etils.epath``) when the trace stops.
+``hcl_jax.run.workdir_fs`` (``etils.epath``) when the trace stops.
 
 The trace stops after step M, or however training ends before it (an
 exception, a preemption), in ``close``; steps already done when a resumed run
@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from hcl_jax import workdir_fs  # light: config_check imports this module before any backend
+from hcl_jax.run import workdir_fs  # light: config_check imports this module before any backend
 
 PROFILE_DIR = "profile"
 

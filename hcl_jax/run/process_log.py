@@ -28,7 +28,7 @@ import time
 import traceback
 from typing import TextIO
 
-from hcl_jax import workdir_fs
+from hcl_jax.run import workdir_fs
 
 LOG_DIR = "logs"
 

@@ -32,8 +32,8 @@ import math
 import pathlib
 from typing import Any, Sequence
 
-from hcl_jax import checks
-from hcl_jax import registry
+from hcl_jax.config import values as checks
+from hcl_jax.config import registry
 
 SCHEMA_CONFIG = "digits.py"
 CONFIG_FLAG = "--config"
@@ -148,7 +148,7 @@ def config_overrides(flags_: Sequence[str]) -> list[str]:
   return [f for f in flags_ if f.startswith(CONFIG_FLAG + ".")]
 
 
-# The linear readout protocols (hcl_jax.evaluate, hcl_jax.readout_published).
+# The linear readout protocols (hcl_jax.evaluation.protocol, hcl_jax.evaluation.readout_published).
 READOUTS = registry.READOUTS
 
 
@@ -217,7 +217,7 @@ def _check_model(config: Any) -> None:
 
 
 def _check_optimizer(config: Any) -> None:
-  from hcl_jax import optim
+  from hcl_jax.train import optim
 
   _one_of(config, "optimizer.name", optim.OPTIMIZERS)
   _number(config, "optimizer.learning_rate", lambda v: v > 0, "> 0")
@@ -231,7 +231,7 @@ def _check_optimizer(config: Any) -> None:
 
 
 def _check_loss(config: Any) -> None:
-  from hcl_jax import train_step
+  from hcl_jax.train import step as train_step
 
   _one_of(config, "loss.name", registry.LOSSES)
   _number(config, "loss.temperature", lambda v: v > 0, "> 0")
@@ -316,9 +316,9 @@ def validate_run_config(config: Any, num_devices: int = 1) -> None:
         f"config.model.bn_group_size must be 0 (statistics over the whole per-view batch) or "
         f"an int >= 2 dividing config.batch_size={config.batch_size}; got {size!r}.")
   _check_augment(config)
-  from hcl_jax import divergence
+  from hcl_jax.train import divergence
   _one_of(config, "on_nonfinite", divergence.MODES)
-  from hcl_jax import profiling
+  from hcl_jax.train import profiling
   try:
     profiling.parse_steps(config.profile_steps)
   except ValueError as e:
