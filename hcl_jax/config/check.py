@@ -231,13 +231,11 @@ def _check_optimizer(config: Any) -> None:
 
 
 def _check_loss(config: Any) -> None:
-  from hcl_jax.train import step as train_step
-
   _one_of(config, "loss.name", registry.LOSSES)
   _number(config, "loss.temperature", lambda v: v > 0, "> 0")
   _number(config, "loss.tau_plus", lambda v: 0 <= v < 1, "in [0, 1)")
   _number(config, "loss.beta", lambda v: v >= 0, ">= 0")
-  _one_of(config, "loss.beta_anneal", train_step.BETA_ANNEALS)
+  _one_of(config, "loss.beta_anneal", registry.BETA_ANNEALS)
   _positive_int(config, "loss.block_size", minimum=0)
 
 

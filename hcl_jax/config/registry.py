@@ -55,6 +55,8 @@ DATASETS: dict[str, Dataset] = {
 
 # config.loss.name: the three losses of hcl_jax.losses.
 LOSSES = ("nt_xent", "dcl", "hcl")
+# config.loss.beta_anneal (hcl_jax.train.step.beta_at_step): constant, or walked down to 0.
+BETA_ANNEALS = ("none", "down")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,8 +34,6 @@ from hcl_jax.distributed import mesh as mesh_lib
 from hcl_jax import models
 from hcl_jax.train import optim
 
-# config.loss.beta_anneal (checked by hcl_jax.config.check).
-BETA_ANNEALS = ("none", "down")
 # The published code's annealing: beta walks through linspace(beta, 0, 9).
 NUM_BETA_STEPS = 9
 
