@@ -26,8 +26,9 @@ import pytest  # noqa: E402
 
 import distributed_worker  # noqa: E402  (tests/ is on sys.path under pytest)
 import support  # noqa: E402
-from hcl_jax import distributed# noqa: E402
-from hcl_jax import losses
+from hcl_jax import distributed  # noqa: E402
+from hcl_jax.distributed import cluster  # noqa: E402
+from hcl_jax import losses  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(distributed_worker.__file__).resolve()
@@ -127,23 +128,23 @@ def test_keyword_arguments_override_env_vars(fake_initialize, monkeypatch):
 
 def test_tpu_pod_slice_initialises_without_arguments(fake_initialize,
                                                      monkeypatch):
-  monkeypatch.setattr(distributed, "is_cloud_tpu_vm", lambda: True)
-  monkeypatch.setattr(distributed, "cloud_tpu_worker_count", lambda: 4)
+  monkeypatch.setattr(cluster, "is_cloud_tpu_vm", lambda: True)
+  monkeypatch.setattr(cluster, "cloud_tpu_worker_count", lambda: 4)
   assert distributed.initialize_distributed().mode == "tpu"
   assert fake_initialize == [dict(initialization_timeout=120 + 60)]
 
 
 def test_tpu_with_unreadable_metadata_assumes_a_pod_slice(fake_initialize,
                                                           monkeypatch):
-  monkeypatch.setattr(distributed, "is_cloud_tpu_vm", lambda: True)
-  monkeypatch.setattr(distributed, "cloud_tpu_worker_count", lambda: None)
+  monkeypatch.setattr(cluster, "is_cloud_tpu_vm", lambda: True)
+  monkeypatch.setattr(cluster, "cloud_tpu_worker_count", lambda: None)
   assert distributed.initialize_distributed().mode == "tpu"
   assert len(fake_initialize) == 1
 
 
 def test_single_host_tpu_vm_does_nothing(fake_initialize, monkeypatch):
-  monkeypatch.setattr(distributed, "is_cloud_tpu_vm", lambda: True)
-  monkeypatch.setattr(distributed, "cloud_tpu_worker_count", lambda: 1)
+  monkeypatch.setattr(cluster, "is_cloud_tpu_vm", lambda: True)
+  monkeypatch.setattr(cluster, "cloud_tpu_worker_count", lambda: 1)
   assert distributed.initialize_distributed().mode == "single"
   assert fake_initialize == []
 
