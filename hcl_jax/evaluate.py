@@ -32,11 +32,11 @@ from absl import flags
 from hcl_jax import distributed
 from hcl_jax.run import entry_point
 from hcl_jax.config import registry
+from hcl_jax.run import files
 from hcl_jax.run import workdir_fs
 from hcl_jax.run import guard as run_guard
 from hcl_jax.run.guard import RunError
 
-RESULTS_FILE = run_guard.RESULTS_JSON
 EVALUATIONS_KEY = "evaluations"
 
 
@@ -68,7 +68,7 @@ def load_config(workdir: str, readout: str | None = None) -> Any:
 
   from hcl_jax.config import check as config_check
 
-  config_path = workdir_fs.as_path(workdir) / "config.json"
+  config_path = workdir_fs.as_path(workdir) / files.CONFIG_JSON
   if not config_path.exists():
     raise RunError(f"{config_path} does not exist: is {workdir!r} a training run's workdir?")
   config = ml_collections.ConfigDict(workdir_fs.read_json(config_path))
@@ -106,13 +106,13 @@ def _evaluate(workdir: str, config: Any) -> dict[str, Any]:
                                                jax.random.key(config.seed), mesh, image_shape)
   # Orbax's set-up is the first cross-process collective: start it together.
   distributed.wait_for_all_processes("before_checkpointer")
-  with Checkpointer(root / "checkpoints", keep=config.keep_checkpoints,
+  with Checkpointer(root / files.CHECKPOINTS_DIR, keep=config.keep_checkpoints,
                     save_every_steps=config.checkpoint_every_steps, read_only=True) as ckpt:
     restored = ckpt.restore_latest(template)
   if restored is None:
     raise RunError(f"no readable checkpoint in {root / 'checkpoints'}.")
   evaluation = evaluate.evaluate_encoder(config, model, restored.state, mesh)
-  results_path = root / RESULTS_FILE
+  results_path = root / files.RESULTS_JSON
   results = run_guard.read_results(workdir)  # again: training may have written it since
   results = record_evaluation(results, restored.step, config.eval.readout, evaluation)
   if jax.process_index() == 0:

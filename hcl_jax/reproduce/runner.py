@@ -30,8 +30,7 @@ from hcl_jax.reproduce.tables import CELLS, Cell
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = "workdirs/reproduce"
-RESULTS_FILE = "results.json"
-CHECKPOINT_DIR = "checkpoints"
+from hcl_jax.run.files import CHECKPOINTS_DIR, RESULTS_JSON
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +63,9 @@ def run_workdir(root: str, table: str, cell: Cell, seed: int) -> str:
 def run_status(workdir: str) -> str:
   """done (results.json), resume (a checkpoint exists) or new; local or gs://."""
   path = workdir_fs.as_path(workdir)
-  if (path / RESULTS_FILE).is_file():
+  if (path / RESULTS_JSON).is_file():
     return "done"
-  checkpoints = path / CHECKPOINT_DIR
+  checkpoints = path / CHECKPOINTS_DIR
   if checkpoints.is_dir() and any(checkpoints.iterdir()):
     return "resume"
   return "new"
@@ -74,7 +73,7 @@ def run_status(workdir: str) -> str:
 
 def read_results(workdir: str | os.PathLike) -> dict[str, Any] | None:
   """The run's results.json, or None when it has not finished."""
-  path = workdir_fs.as_path(workdir) / RESULTS_FILE
+  path = workdir_fs.as_path(workdir) / RESULTS_JSON
   if not path.is_file():
     return None
   return workdir_fs.read_json(path)

@@ -34,12 +34,8 @@ from typing import Any, Mapping
 
 from etils import epath
 
-LOCK_FILE = "run.lock"
-ATTEMPTS_FILE = "attempts.json"
-CONFIG_JSON = "config.json"
-RESULTS_JSON = "results.json"
-CHECKPOINTS_DIR = "checkpoints"
-METRICS_JSONL = "metrics.jsonl"
+from hcl_jax.run.files import (ATTEMPTS_FILE, CHECKPOINTS_DIR, CONFIG_JSON, LOCK_FILE,  # noqa: F401
+                               METRICS_JSONL, RESULTS_JSON)
 IDENTITY_KEY = "identity"
 
 # Exit code for "interrupted before or after training, nothing lost, run it

@@ -30,11 +30,11 @@ from typing import TextIO
 
 from hcl_jax.run import workdir_fs
 
-LOG_DIR = "logs"
+from hcl_jax.run.files import LOG_DIR, process_file
 
 
 def log_path(workdir: str | os.PathLike, process_index: int):
-  return workdir_fs.as_path(workdir) / LOG_DIR / f"process_{process_index}.log"
+  return workdir_fs.as_path(workdir) / LOG_DIR / process_file(process_index)
 
 
 class _AppendedFile:

@@ -24,7 +24,7 @@ from typing import Any
 
 from hcl_jax.run import workdir_fs  # light: config_check imports this module before any backend
 
-PROFILE_DIR = "profile"
+from hcl_jax.run.files import PROFILE_DIR, process_file
 
 
 def parse_steps(text: str) -> tuple[int, int] | None:
@@ -50,7 +50,7 @@ class StepProfiler:
 
   def __init__(self, workdir: str | os.PathLike, steps: str, *, process_index: int = 0):
     self._range = parse_steps(steps)
-    self._destination = workdir_fs.as_path(workdir) / PROFILE_DIR / f"process_{process_index}"
+    self._destination = workdir_fs.as_path(workdir) / PROFILE_DIR / process_file(process_index, "")
     self._local: str | None = None   # where the profiler writes while it runs
     self._running = False
 
