@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 
 def config_dirs() -> list[pathlib.Path]:
   """Where configs/NAME.py is looked for after the working directory."""
-  package = pathlib.Path(__file__).resolve().parent
+  package = pathlib.Path(__file__).resolve().parents[1]  # hcl_jax/
   return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
 
 
