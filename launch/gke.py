@@ -61,13 +61,13 @@ from typing import Sequence
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
-from launch.tpu import (  # noqa: E402
-    parse_accelerator_type, split_trainer_flags, validate_gs_path)
+from hcl_jax.run.files import EXIT_ERROR, EXIT_RETRYABLE  # noqa: E402
+from launch.common import (  # noqa: E402
+    check_matches, check_trainer_flags, parse_launcher_args, trainer_command, validate_gs_path)
+from launch.topology import parse_accelerator_type  # noqa: E402
 
 API_VERSION = "jobset.x-k8s.io/v1alpha2"
 CONTAINER = "hcl-jax"
-EXIT_CONFIG_ERROR = 1     # hcl_jax.run.guard: a config, data or run error
-EXIT_RETRYABLE = 75       # hcl_jax.run.guard.EXIT_RETRYABLE: SIGTERM, checkpoint saved
 TPU_COORDINATOR_PORT = 8482   # jax's default on TPU (hcl_jax.distributed)
 GPU_COORDINATOR_PORT = 1234
 # The Job controller's message for a FailJob rule (k8s pkg/controller/job):
@@ -138,10 +138,7 @@ def gpu_slice(gpu: str, gpus_per_node: int, nodes: int) -> Slice:
 def train_command(config: str, workdir: str, data_dir: str | None,
                   extra: Sequence[str]) -> list[str]:
   """The container's command: the image's python, from the project folder (its workdir)."""
-  command = ["python", "-m", "hcl_jax.main", "--config", config, "--workdir", workdir]
-  if data_dir:
-    command.append(f"--config.data_dir={data_dir}")
-  return command + list(extra)
+  return trainer_command("python", config, workdir, data_dir, extra)
 
 
 def _exit_code_rule(action: str, code: int) -> dict:
@@ -198,7 +195,7 @@ def jobset_manifest(*, name: str, image: str, where: Slice, command: Sequence[st
       "completionMode": "Indexed",
       "backoffLimit": 0,
       "podFailurePolicy": {"rules": [
-          _exit_code_rule("FailJob", EXIT_CONFIG_ERROR),    # _POD_RULE_CONFIG
+          _exit_code_rule("FailJob", EXIT_ERROR),           # _POD_RULE_CONFIG
           _exit_code_rule("FailJob", EXIT_RETRYABLE),       # _POD_RULE_RETRYABLE
           {"action": "FailJob",                             # _POD_RULE_DISRUPTION
            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
@@ -224,7 +221,7 @@ def jobset_manifest(*, name: str, image: str, where: Slice, command: Sequence[st
                   {"name": "ConfigOrRunErrorFailsTheJobSet", "action": "FailJobSet",
                    "onJobFailureReasons": ["PodFailurePolicy"],
                    "onJobFailureMessagePatterns": [
-                       _failed_by_pod_rule(_POD_RULE_CONFIG, EXIT_CONFIG_ERROR)]},
+                       _failed_by_pod_rule(_POD_RULE_CONFIG, EXIT_ERROR)]},
                   {"name": "PreemptedOrDisruptedRestarts",
                    "action": "RestartJobSetAndIgnoreMaxRestarts",
                    "onJobFailureReasons": ["PodFailurePolicy"],
@@ -301,21 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv, extra = split_trainer_flags(argv)
-  args = build_parser().parse_args(argv)
+  args, extra = parse_launcher_args(build_parser(), argv)
   try:
-    if not _NAME_RE.fullmatch(args.name):
-      raise ValueError(f"--name {args.name!r}: 1-40 lowercase letters, digits and hyphens, "
-                       "starting with a letter (pod names add suffixes to it).")
-    if not _IMAGE_RE.fullmatch(args.image):
-      raise ValueError(f"--image {args.image!r} is not an image reference like "
-                       "us-docker.pkg.dev/PROJECT/REPO/hcl-jax:TAG.")
+    check_matches("--name", args.name, _NAME_RE, "1-40 lowercase letters, digits and "
+                  "hyphens, starting with a letter (pod names add suffixes to it).")
+    check_matches("--image", args.image, _IMAGE_RE, "not an image reference like "
+                  "us-docker.pkg.dev/PROJECT/REPO/hcl-jax:TAG.")
     validate_gs_path("--workdir", args.workdir)
     if args.data_dir:
       validate_gs_path("--data-dir", args.data_dir)
-    for flag in extra:
-      if not flag.startswith("--"):
-        raise ValueError(f"{flag!r} after -- must be a flag of hcl_jax.main (--KEY=VALUE).")
+    check_trainer_flags(extra)
     if args.max_restarts < 0 or args.grace_seconds < 30:
       raise ValueError(f"--max-restarts {args.max_restarts} must be >= 0 and --grace-seconds "
                        f"{args.grace_seconds} >= 30 (a checkpoint save).")

@@ -42,9 +42,10 @@ from typing import Sequence
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
-from launch.tpu import split_trainer_flags  # noqa: E402
+from hcl_jax.run.files import EXIT_RETRYABLE  # noqa: E402
+from launch.common import (  # noqa: E402
+    check_matches, check_trainer_flags, parse_launcher_args, trainer_command)
 
-EXIT_RETRYABLE = 75   # hcl_jax.run.guard.EXIT_RETRYABLE
 _NAME_RE = re.compile(r"^[A-Za-z][-A-Za-z0-9_.]{0,63}$")
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d\d):(\d\d)$")
 
@@ -62,10 +63,8 @@ def time_limit_seconds(text: str) -> int:
 
 def train_command(python: str, config: str, workdir: str, data_dir: str | None,
                   extra: Sequence[str]) -> list[str]:
-  command = [python, "-m", "hcl_jax.main", "--config", config, "--workdir", workdir]
-  if data_dir:
-    command.append(f"--config.data_dir={data_dir}")
-  return command + list(extra)
+  """The command every task runs: the project's python, from --project-dir."""
+  return trainer_command(python, config, workdir, data_dir, extra)
 
 
 def sbatch_script(*, name: str, nodes: int, gpus_per_node: int, time_limit: str,
@@ -154,18 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv, extra = split_trainer_flags(argv)
-  args = build_parser().parse_args(argv)
+  args, extra = parse_launcher_args(build_parser(), argv)
   try:
-    if not _NAME_RE.fullmatch(args.name):
-      raise ValueError(f"--name {args.name!r}: letters, digits, - _ . (<= 64), starting "
-                       "with a letter.")
+    check_matches("--name", args.name, _NAME_RE,
+                  "letters, digits, - _ . (<= 64), starting with a letter.")
     if args.nodes < 1 or args.gpus_per_node < 0:
       raise ValueError(f"--nodes {args.nodes} must be >= 1 and --gpus-per-node "
                        f"{args.gpus_per_node} >= 0.")
-    for flag in extra:
-      if not flag.startswith("--"):
-        raise ValueError(f"{flag!r} after -- must be a flag of hcl_jax.main (--KEY=VALUE).")
+    check_trainer_flags(extra)
     script = sbatch_script(
         name=args.name, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
         time_limit=args.time, signal_seconds=args.signal_seconds,

@@ -171,7 +171,8 @@ def _with(config, key, value):
   return ml_collections.ConfigDict(values)
 
 
-SCHEMA_AND_PAPER = ["configs/digits.py", "configs/paper.py:dataset=cifar10,method=hcl",
+SCHEMA_AND_PAPER = ["configs/base.py", "configs/digits.py",
+                    "configs/paper.py:dataset=cifar10,method=hcl",
                     "configs/paper.py:dataset=stl10,method=simclr"]
 
 
@@ -234,3 +235,61 @@ def test_a_start_that_fails_validation_writes_nothing_to_the_workdir(tmp_path):
                      f"--workdir={workdir}", "--config.eval.knn_temperature=0")
   assert code != 0 and len(lines) == 1 and "config.eval.knn_temperature" in lines[0], lines
   assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def _keys(config, prefix=""):
+  """Every key of a config, groups and leaves, as dotted names."""
+  for key in config.keys():
+    yield prefix + key
+    if hasattr(config[key], "keys"):
+      yield from _keys(config[key], prefix + key + ".")
+
+
+def _image_configs():
+  from hcl_jax.config import registry
+  return ["configs/digits.py"] + [f"configs/paper.py:dataset={d},method={m}"
+                                  for d in registry.DATASETS for m in registry.METHODS]
+
+
+def test_the_image_configs_have_exactly_the_keys_of_base():
+  """digits and every paper variant start from configs/base.py and only
+  override: no key invented by an override, none dropped."""
+  base = set(_keys(config_check.base_config()))
+  assert len(base) >= 50   # the walk sees the whole schema
+  for path in _image_configs():
+    keys = set(_keys(config_check.load(path)))
+    assert keys == base, (path, sorted(keys - base), sorted(base - keys))
+
+
+def test_base_says_what_each_key_is():
+  """Each key of configs/base.py has a comment: on its line or right above it."""
+  import functools
+  import io
+  import re
+  import tokenize
+
+  source = (REPO / "configs" / "base.py").read_text()
+  commented = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+               if tok.type == tokenize.COMMENT}
+  lines = source.splitlines()
+  assigned = {}
+  for number, line in enumerate(lines, 1):
+    match = re.match(r"\s*config\.([a-z_.]+) = (?!ml_collections\.ConfigDict)", line)
+    if match:
+      assigned[match.group(1)] = number
+  base = config_check.base_config()
+  leaves = {key for key in _keys(base)
+            if not hasattr(functools.reduce(lambda node, part: node[part], key.split("."), base),
+                           "keys")}
+  assert set(assigned) == leaves   # every leaf is set by a line this test reads
+  above = {n + 1 for n in commented if lines[n - 1].lstrip().startswith("#")}
+  undocumented = [key for key, number in assigned.items()
+                  if number not in commented and number not in above]
+  assert not undocumented, f"keys of configs/base.py without a comment: {undocumented}"
+
+
+def test_the_schema_is_the_shipped_base_whatever_the_cwd(tmp_path, monkeypatch):
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "base.py").write_text("raise RuntimeError('not the schema')\n")
+  monkeypatch.chdir(tmp_path)
+  assert config_check.load_and_validate("configs/digits.py").dataset == "digits"

@@ -25,7 +25,7 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from launch import tpu  # noqa: E402
+from launch import gcloud_commands, topology, tpu, watch, worker_scripts  # noqa: E402
 import fake_gcloud  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ZONE = "us-central2-b"
@@ -72,7 +72,7 @@ def pinned_jax() -> str:
   return re.search(r"^jax==(\S+)$", text, re.M).group(1)
 
 
-class ClockRunner(tpu.Runner):
+class ClockRunner(gcloud_commands.Runner):
   """Runs commands for real (the fake gcloud on PATH) on a virtual clock."""
 
   def __init__(self, on_sleep=None):
@@ -168,7 +168,7 @@ def test_fake_gcloud_node_lifecycle(gcloud):
     ("v5litepod-256", 256, 64, 256), ("v6e-8", 8, 1, 8), ("v6e-16", 16, 4, 16),
 ])
 def test_chips_hosts_and_devices(accel, chips, hosts, devices):
-  parsed = tpu.parse_accelerator_type(accel)
+  parsed = topology.parse_accelerator_type(accel)
   assert (parsed.chips, parsed.hosts, parsed.devices) == (chips, hosts, devices)
   assert parsed.chips_per_host * parsed.hosts == chips
 
@@ -183,7 +183,7 @@ def test_chips_hosts_and_devices(accel, chips, hosts, devices):
 ])
 def test_bad_accelerator_types_are_rejected(bad):
   with pytest.raises(ValueError, match=re.escape(repr(bad))):
-    tpu.parse_accelerator_type(bad)
+    topology.parse_accelerator_type(bad)
 
 
 def test_bad_accelerator_type_fails_the_cli(capsys):
@@ -323,7 +323,7 @@ def test_run_on_a_pod_slice(capsys):
   wrapper = words[words.index("sh") + 1:words.index("--")]
   assert wrapper == ["$REL/launch/worker_run.sh", "--pid-file", "$HOME/hcl_jax_run/train.pid",
                      "$HOME/hcl_jax_run/train.log", "gs://bkt/hcl/run1/logs",
-                     str(tpu.LOG_COPY_SECONDS)]
+                     str(worker_scripts.LOG_COPY_SECONDS)]
   assert words[-4:] == ["2>&1", "<", "/dev/null", "&"]
   assert any("4 hosts" in n for n in notes)
   assert any("checked for 16 devices" in n for n in notes)
@@ -413,11 +413,11 @@ def test_reproduce_tpu_commands_parse(capsys):
 
 def test_deadline_parsing():
   now = 1_000_000.0
-  assert tpu.parse_deadline("90m", now) == now + 5400
-  assert tpu.parse_deadline("2d", now) == now + 172800
-  assert tpu.parse_deadline("2026-12-24T18:00Z", now) == 1798135200.0
+  assert watch.parse_deadline("90m", now) == now + 5400
+  assert watch.parse_deadline("2d", now) == now + 172800
+  assert watch.parse_deadline("2026-12-24T18:00Z", now) == 1798135200.0
   with pytest.raises(ValueError, match="'tomorrow'"):
-    tpu.parse_deadline("tomorrow", now)
+    watch.parse_deadline("tomorrow", now)
 
 
 # --- through the fake gcloud, for real ---------------------------------------
@@ -568,7 +568,7 @@ def test_an_old_gcloud_is_refused_before_any_tpu_call(gcloud, capsys):
     ('{"Google Cloud SDK": "530.0.1", "core": "2026.12.01"}', (530, 0, 1)),
     ('{"core": "2026.12.01"}', None), ("not json", None)])
 def test_parse_gcloud_version(text, version):
-  assert tpu.parse_gcloud_version(text) == version
+  assert gcloud_commands.parse_gcloud_version(text) == version
 
 
 def test_a_failing_worker_fails_the_run_with_a_current_gcloud(gcloud, capsys):
@@ -741,9 +741,9 @@ def test_run_and_stop_scripts_on_this_machine(tmp_path, shell):
   log = tmp_path / "hcl_jax_run" / "train.log"
   pid_file = tmp_path / "hcl_jax_run" / "train.pid"
 
-  assert _sh(tpu.preflight_script(args, str(tmp_path / "lock")), tmp_path,
+  assert _sh(worker_scripts.preflight_script(args, str(tmp_path / "lock")), tmp_path,
              shell).returncode == 0
-  started = _sh(tpu.run_script(args), tmp_path, shell)
+  started = _sh(worker_scripts.run_script(args), tmp_path, shell)
   assert started.returncode == 0, started.stderr
   pid = int(pid_file.read_text())
   try:
@@ -752,12 +752,12 @@ def test_run_and_stop_scripts_on_this_machine(tmp_path, shell):
             f"--workdir {workdir}\n") in log.read_text()
     assert f"{rel}" in log.read_text()
 
-    again = _sh(tpu.preflight_script(args, str(tmp_path / "lock")), tmp_path,
+    again = _sh(worker_scripts.preflight_script(args, str(tmp_path / "lock")), tmp_path,
                 shell)
     assert again.returncode == 1 and "already running" in again.stderr
     assert int(pid_file.read_text()) == pid
 
-    stopped = _sh(tpu.stop_script(10), tmp_path, shell)
+    stopped = _sh(worker_scripts.stop_script(10), tmp_path, shell)
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped {pid}" in stopped.stdout
     assert "trainer got TERM" in log.read_text()
@@ -785,18 +785,18 @@ def test_preflight_clears_stale_processes_and_the_lockfile(tmp_path):
     local = ["--config", "configs/digits.py", "--workdir",
              str(tmp_path / "w"), "--local-workdir-ok"]
     args = tpu.parse_args(["run", "--name", "t", "--zone", ZONE, *local])
-    done = _sh(tpu.preflight_script(args, str(lock)), tmp_path)
+    done = _sh(worker_scripts.preflight_script(args, str(lock)), tmp_path)
     assert done.returncode == 0, done.stderr
     reaper.join(timeout=10)
     assert stale.returncode is not None           # TERMed
     assert "stopping stale hcl_jax processes" in done.stdout
     assert not lock.exists()
 
-    assert _sh(tpu.run_script(args), tmp_path).returncode == 0
+    assert _sh(worker_scripts.run_script(args), tmp_path).returncode == 0
     pid = int((tmp_path / "hcl_jax_run" / "train.pid").read_text())
     args = tpu.parse_args(["run", "--name", "t", "--zone", ZONE, *local,
                            "--replace", "--grace-seconds", "10"])
-    replaced = _sh(tpu.preflight_script(args, str(lock)), tmp_path)
+    replaced = _sh(worker_scripts.preflight_script(args, str(lock)), tmp_path)
     assert replaced.returncode == 0, replaced.stderr
     assert f"stopped {pid}" in replaced.stdout
   finally:
@@ -926,19 +926,19 @@ def test_a_retried_run_ssh_does_not_start_a_second_trainer(tmp_path):
                          "--local-workdir-ok"])
   log = tmp_path / "hcl_jax_run" / "train.log"
   pid_file = tmp_path / "hcl_jax_run" / "train.pid"
-  started = _sh(tpu.run_script(args), tmp_path)
+  started = _sh(worker_scripts.run_script(args), tmp_path)
   assert started.returncode == 0, started.stderr
   pid = int(pid_file.read_text())
   try:
     assert f"started hcl_jax training (pid {pid})" in started.stdout
     assert _wait_for(lambda: "trainer args" in log.read_text())
-    retried = _sh(tpu.run_script(args), tmp_path)
+    retried = _sh(worker_scripts.run_script(args), tmp_path)
     assert retried.returncode == 0, retried.stderr
     assert f"already running (pid {pid})" in retried.stdout
     time.sleep(1)
     assert log.read_text().count("trainer args") == 1
     assert int(pid_file.read_text()) == pid
-    assert _sh(tpu.stop_script(10), tmp_path).returncode == 0
+    assert _sh(worker_scripts.stop_script(10), tmp_path).returncode == 0
   finally:
     _kill_group(pid)
   assert rel.exists()
@@ -973,7 +973,7 @@ def test_setup_never_removes_the_running_release(tmp_path):
   def setup(release):
     (tmp_path / f"hcl_jax_src_{release}.tar.gz").write_bytes(
         tarball.read_bytes())
-    done = subprocess.run(["bash", "-c", tpu.setup_script("0.0", release)],
+    done = subprocess.run(["bash", "-c", worker_scripts.setup_script("0.0", release)],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return tmp_path / "hcl_jax_releases" / release
@@ -998,7 +998,7 @@ def test_setup_never_removes_the_running_release(tmp_path):
 
 def test_remote_scripts_are_valid_sh():
   args = tpu.parse_args(["run", "--name", "t", "--zone", ZONE, *RUN_ARGS])
-  for script in (tpu.setup_script("1.0", "r"), tpu.run_script(args),
-                 tpu.preflight_script(args), tpu.stop_script(5),
-                 tpu.wait_script(5)):
+  for script in (worker_scripts.setup_script("1.0", "r"), worker_scripts.run_script(args),
+                 worker_scripts.preflight_script(args), worker_scripts.stop_script(5),
+                 worker_scripts.wait_script(5)):
     subprocess.run(["sh", "-n", "-c", script], check=True, timeout=10)

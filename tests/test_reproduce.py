@@ -19,7 +19,7 @@ from hcl_jax.reproduce import cli, report, runner, tables
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from launch import tpu  # noqa: E402
+from launch import subcommands, topology, tpu  # noqa: E402
 
 # (cell dir, loss.name, tau_plus, beta, config method) written out by hand.
 EXPECTED_CELLS = [
@@ -273,7 +273,7 @@ def test_tpu_commands_are_valid_launch_commands(tmp_path):
     args = tpu.parse_args(cmd[2:])   # exits on a bad command
     names.add(args.name)
     if args.command == "run":
-      tpu._validate_run(args, tpu.parse_accelerator_type(args.accelerator_type))
+      subcommands.validate_run(args, topology.parse_accelerator_type(args.accelerator_type))
       assert args.workdir.startswith("gs://bkt/hcl/stl10/")
       assert "--config.data_dir=gs://bkt/tfds" in args.extra
       assert any(a.startswith("--config.loss.beta=") for a in args.extra)

@@ -17,8 +17,9 @@ Each raises :class:`ConfigError` (a ValueError) whose message is one line:
 - a bad value: ``config.loss.beta must be a number >= 0; got -1.0.``;
 - a config file that isn't there, or doesn't load.
 
-The schema is ``configs/digits.py`` (every key any config may have; the paper
-config starts from it). Config paths ``configs/NAME.py``, with or without a
+The schema is ``configs/base.py`` (every key an image config may have, with
+its default; ``configs/digits.py`` and ``configs/paper.py`` start from it:
+:func:`base_config`). Config paths ``configs/NAME.py``, with or without a
 ``:ARG`` for its ``get_config`` (``configs/paper.py:dataset=cifar10,method=hcl``),
 are found in the working directory first, then among the configs shipped
 inside the package (``hcl_jax/configs`` in a wheel), then in the source tree,
@@ -35,7 +36,7 @@ from typing import Any, Sequence
 from hcl_jax.config import values as checks
 from hcl_jax.config import registry
 
-SCHEMA_CONFIG = "digits.py"
+SCHEMA_CONFIG = "base.py"
 CONFIG_FLAG = "--config"
 DATASETS = tuple(registry.DATASETS)
 
@@ -70,8 +71,27 @@ def resolve_config_path(path: str) -> str:
                     f"{', '.join(shipped) or 'none'}).")
 
 
+def base_config() -> Any:
+  """``configs/base.py``'s config: every key of an image config with its default.
+
+  The schema, and what the image configs start from. Always the shipped file
+  (``hcl_jax/configs`` in a wheel, else the source tree's ``configs/``),
+  whatever the working directory holds.
+  """
+  import importlib.util
+
+  path = next((d / SCHEMA_CONFIG for d in config_dirs() if (d / SCHEMA_CONFIG).is_file()), None)
+  if path is None:
+    raise ConfigError(f"the schema configs/{SCHEMA_CONFIG} is missing from "
+                      f"{', '.join(map(str, config_dirs())) or 'this installation'}.")
+  spec = importlib.util.spec_from_file_location("hcl_jax_configs_base", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def _schema() -> Any:
-  return _load(resolve_config_path(f"configs/{SCHEMA_CONFIG}"), ())
+  return base_config()
 
 
 def _suggest(key: str, known: Sequence[str], prefix: str) -> str:

@@ -1,4 +1,7 @@
-"""The names of what a run writes in its workdir: the one place they are spelled.
+"""What a run shows the world outside it: the names of what it writes in its
+workdir and its exit codes, the one place they are spelled. The standard
+library only: the launchers (``launch/``) import it on a laptop that has only
+Python and gcloud.
 
   WORKDIR/
     run.lock                 the live run's host, pid and start (run.guard)
@@ -20,6 +23,16 @@ METRICS_JSONL = "metrics.jsonl"
 LOG_DIR = "logs"
 PROFILE_DIR = "profile"
 RESULTS_JSON = "results.json"
+
+# A config, data or run error a user can act on: a retry fails the same way.
+EXIT_ERROR = 1
+# "Interrupted before or after training, nothing lost, run it again":
+# EX_TEMPFAIL of sysexits.h ("temporary failure, the user is invited to
+# retry"). Schedulers retry it when told to (a Kubernetes podFailurePolicy or
+# JobSet rule on exit code 75, Slurm's --requeue-exit, a shell `until`).
+EXIT_RETRYABLE = 75
+# Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
 
 
 def process_file(index: int, suffix: str = ".log") -> str:

@@ -34,15 +34,13 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from hcl_jax.run.files import (ATTEMPTS_FILE, CHECKPOINTS_DIR, CONFIG_JSON, LOCK_FILE,  # noqa: F401
-                               METRICS_JSONL, RESULTS_JSON)
-IDENTITY_KEY = "identity"
+# The workdir's file names and the exit codes (defined in run.files, the
+# standard library only: the launchers import them too).
+from hcl_jax.run.files import (  # noqa: F401  (re-exported: run_guard.RESULTS_JSON ...)
+    ATTEMPTS_FILE, CHECKPOINTS_DIR, CONFIG_JSON, EXIT_ERROR, EXIT_INTERRUPTED,
+    EXIT_RETRYABLE, LOCK_FILE, METRICS_JSONL, RESULTS_JSON)
 
-# Exit code for "interrupted before or after training, nothing lost, run it
-# again": EX_TEMPFAIL of sysexits.h ("temporary failure, the user is invited
-# to retry"). Schedulers retry it when told to (a Kubernetes podFailurePolicy
-# or JobSet rule on exit code 75, Slurm's --requeue-exit, a shell `until`).
-EXIT_RETRYABLE = 75
+IDENTITY_KEY = "identity"
 
 # Keys of the config that define the experiment. A prefix ("model") covers
 # every key below it. Not here, so free to change on resume: num_epochs,
@@ -502,9 +500,9 @@ def os_failure_line(e: BaseException,
 class one_line_errors:
   """Turns the failures a user can act on into one line and an exit code.
 
-  Interrupted: EXIT_RETRYABLE. KeyboardInterrupt: 130. RunError, ValueError,
+  Interrupted: EXIT_RETRYABLE. KeyboardInterrupt: EXIT_INTERRUPTED (130). RunError, ValueError,
   Diverged, OSError (also one found in an exception's cause chain, e.g. a
-  full disk under orbax): 1. Anything else keeps its traceback.
+  full disk under orbax): EXIT_ERROR (1). Anything else keeps its traceback.
   """
 
   def __init__(self, workdir: str | os.PathLike | None = None, *, hard_exit: bool = False):
@@ -528,18 +526,18 @@ class one_line_errors:
     if isinstance(exc, Interrupted):
       self._exit(f"stopped: {exc}", EXIT_RETRYABLE)
     if isinstance(exc, KeyboardInterrupt):
-      self._exit("stopped: interrupted (Ctrl-C).", 130)
+      self._exit("stopped: interrupted (Ctrl-C).", EXIT_INTERRUPTED)
     if isinstance(exc, distributed.ProcessesOutOfStep):
       leave_without_shutdown()  # a peer is stuck or gone: its shutdown barrier would wait too
-      self._exit(f"error: {exc}", 1)
+      self._exit(f"error: {exc}", EXIT_ERROR)
     if isinstance(exc, (RunError, divergence.Diverged)):
-      self._exit(f"error: {exc}", 1)
+      self._exit(f"error: {exc}", EXIT_ERROR)
     os_failure = os_failure_line(exc, self.workdir)
     if os_failure is not None:
-      self._exit(f"error: {os_failure}", 1)
+      self._exit(f"error: {os_failure}", EXIT_ERROR)
     if isinstance(exc, (ValueError, OSError)):  # config and data errors; an OSError
       # without strerror (DatasetNotPreparedError) carries its whole message
-      self._exit(f"error: {exc}", 1)
+      self._exit(f"error: {exc}", EXIT_ERROR)
     return False
 
   def _exit(self, line: str, code: int) -> None:
