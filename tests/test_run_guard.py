@@ -321,10 +321,11 @@ def test_orbax_records_of_an_os_error_are_dropped_others_kept(tmp_path):
   import logging
 
   from hcl_jax.run import checkpointing
+  from hcl_jax.run import orbax_logs
 
   checkpointing.Checkpointer(tmp_path / "ckpt", keep=1, save_every_steps=1).close()
   absl_filters = [f for f in logging.getLogger("absl").filters
-                  if isinstance(f, checkpointing._OsErrorRecords)]
+                  if isinstance(f, orbax_logs.OsErrorRecords)]
   assert len(absl_filters) == 1
   keep = absl_filters[0].filter
 

@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import time
-import zlib
 from typing import Any, NamedTuple
 
 import jax
@@ -53,18 +52,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hcl_jax.run import workdir_fs
+from hcl_jax.run.checkpoint_integrity import (CHECKSUM_KEY, OTHER_MODEL, READABLE, UNREADABLE,
+                                              IncompatibleCheckpoint, agree, array_checksums,
+                                              checksum_mismatches, tree_difference)
+from hcl_jax.run.orbax_logs import quiet_closed_loop_errors, quiet_os_error_records
 
 _log = logging.getLogger(__name__)
 
 STATE_ITEM = "state"
 EXTRA_ITEM = "extra"
 UNREADABLE_SUFFIX = ".unreadable-"
-# Key of ``extra`` holding {leaf path: CRC-32 of its bytes}; not returned to callers.
-CHECKSUM_KEY = "_array_crc32"
-
-# What one process found of one checkpoint step, ordered so that the worst
-# (the largest) wins when processes disagree (``agreed_verdict``).
-READABLE, UNREADABLE, OTHER_MODEL = 0, 1, 2
 
 
 class Restored(NamedTuple):
@@ -120,56 +117,6 @@ def _check_json(extra: dict) -> dict:
         f"lists, dicts); got {extra!r}: {e}. Convert arrays with .tolist() "
         "and RNG keys with rng_to_list().") from e
   return extra
-
-
-def _host_value(leaf: Any) -> np.ndarray | None:
-  """The whole value of ``leaf`` as this process sees it; None where it
-  holds only part of it (a sharded array on several hosts: not checked)."""
-  if isinstance(leaf, jax.Array):
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-      leaf = jax.random.key_data(leaf)
-    if leaf.is_fully_replicated:
-      return np.asarray(leaf.addressable_data(0))
-    if leaf.is_fully_addressable:
-      return np.asarray(leaf)
-    return None
-  if isinstance(leaf, (np.ndarray, np.generic)):
-    return np.asarray(leaf)
-  return None  # Python scalars: stored in JSON-like metadata, not array data
-
-
-def array_checksums(state: Any) -> dict[str, int]:
-  """{leaf path: CRC-32 of its C-order bytes} for every array leaf this
-  process holds whole (see ``_host_value``)."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    value = _host_value(leaf)
-    if value is not None:
-      out[jax.tree_util.keystr(path)] = zlib.crc32(np.ascontiguousarray(value).tobytes())
-  return out
-
-
-def checksum_mismatches(saved: dict, state: Any) -> list[str]:
-  """Leaf paths whose restored bytes differ from the saved CRC-32."""
-  actual = array_checksums(state)
-  return sorted(k for k, crc in saved.items() if k in actual and actual[k] != int(crc))
-
-
-def agreed_verdict(verdicts: Any) -> int:
-  """One verdict for a step from every process's: the worst one.
-
-  A step is used only if every process restored it intact; a process that
-  found another model outranks one that found damage (nothing is renamed).
-  """
-  return int(np.max(np.asarray(verdicts, dtype=np.int64)))
-
-
-def _agree(verdict: int) -> int:
-  """``agreed_verdict`` over every process (an all-gather); the same int on each."""
-  if jax.process_count() == 1:
-    return verdict
-  from jax.experimental import multihost_utils
-  return agreed_verdict(multihost_utils.process_allgather(np.asarray([verdict], np.int32)))
 
 
 class Checkpointer:
@@ -231,8 +178,8 @@ class Checkpointer:
           enable_async_checkpointing=async_save,
       )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
-    _quiet_closed_loop_errors().__enter__()  # failed saves print the same noise
-    _quiet_os_error_records()
+    quiet_closed_loop_errors().__enter__()  # failed saves print the same noise
+    quiet_os_error_records()
 
   # -- queries ---------------------------------------------------------------
 
@@ -310,7 +257,7 @@ class Checkpointer:
   def read_extra(self, step: int) -> dict | None:
     """The ``extra`` dict of checkpoint ``step`` alone, or None if unreadable."""
     try:
-      with _quiet_closed_loop_errors():
+      with quiet_closed_loop_errors():
         out = self._manager.restore(
             step, args=ocp.args.Composite(**{EXTRA_ITEM: ocp.args.JsonRestore()}))
       extra = dict(out[EXTRA_ITEM])
@@ -325,7 +272,7 @@ class Checkpointer:
     self._manager.reload()
     for step in sorted(self._manager.all_steps(), reverse=True):
       extra = self.read_extra(step)
-      if _agree(UNREADABLE if extra is None else READABLE) == READABLE:
+      if agree(UNREADABLE if extra is None else READABLE) == READABLE:
         return step, extra
     return None
 
@@ -357,7 +304,7 @@ class Checkpointer:
     restored = None
     for step in sorted(self._manager.all_steps(), reverse=True):
       verdict, detail, out = self._try_restore(step, target)
-      verdict = _agree(verdict)
+      verdict = agree(verdict)
       if verdict == OTHER_MODEL:
         raise IncompatibleCheckpoint(
             f"checkpoint {step} in {self.directory} holds a different model "
@@ -405,7 +352,7 @@ class Checkpointer:
     if mismatch:
       return OTHER_MODEL, mismatch, None
     try:
-      with _quiet_closed_loop_errors():
+      with quiet_closed_loop_errors():
         out = self._manager.restore(
             step,
             args=ocp.args.Composite(**{
@@ -448,119 +395,6 @@ class Checkpointer:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("hcl_jax_checkpoint_set_aside")
     self._manager.reload()
-
-
-def _key_name(entry: Any) -> str:
-  return str(getattr(entry, "name", getattr(entry, "key", getattr(entry, "idx", entry))))
-
-
-def _leaves_by_name(tree: Any) -> dict[tuple[str, ...], Any]:
-  """{("opt_state", "0", "mu", "kernel"): leaf}: paths by name only, since the
-  saved metadata holds dicts and lists where the state has named tuples."""
-  leaves = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
-  return {tuple(_key_name(k) for k in path): leaf for path, leaf in leaves}
-
-
-def _dtype(leaf: Any) -> np.dtype | None:
-  """The NumPy dtype of an array leaf; None for Python scalars and key arrays."""
-  try:
-    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") and hasattr(leaf, "shape") else None
-  except TypeError:
-    return None
-
-
-def tree_difference(saved: Any, target: Any) -> str | None:
-  """How a checkpoint's saved tree metadata differs from ``target``: a leaf
-  added or removed, any shape or array dtype not equal; None when equal."""
-  saved, wanted = _leaves_by_name(saved), _leaves_by_name(target)
-  only_saved = sorted(set(saved) - set(wanted))
-  only_wanted = sorted(set(wanted) - set(saved))
-  if only_saved or only_wanted:
-    example = "/".join((only_saved or only_wanted)[0])
-    return (f"{len(only_saved)} saved arrays not in this config's state, "
-            f"{len(only_wanted)} of its arrays not saved, e.g. {example}")
-  for key, leaf in wanted.items():
-    have = saved[key]
-    saved_shape, shape = tuple(getattr(have, "shape", ())), tuple(np.shape(leaf))
-    if saved_shape != shape:
-      return f"{'/'.join(key)} has shape {saved_shape} saved, {shape} in this config"
-    if _dtype(have) is not None and _dtype(leaf) is not None:
-      if _dtype(have) != _dtype(leaf):
-        return (f"{'/'.join(key)} has dtype {_dtype(have)} saved, "
-                f"{_dtype(leaf)} in this config")
-  return None
-
-
-class IncompatibleCheckpoint(ValueError):
-  """An intact checkpoint whose state does not fit the template."""
-
-
-class _quiet_closed_loop_errors:
-  """Drops the "Event loop is closed" tracebacks of a failed restore or save.
-
-  When one array of a restore (or save) fails, orbax closes its asyncio loop while
-  TensorStore still completes the other reads; each completion then prints a
-  RuntimeError traceback (thousands of lines for a big state) through
-  ``sys.excepthook`` / ``sys.unraisablehook``. Those carry no information
-  (the failure itself is reported), so the filter stays installed for the
-  rest of the process: completions keep arriving after ``restore`` returns.
-  """
-  _installed = False
-
-  def __enter__(self):
-    cls = type(self)
-    if not cls._installed:
-      cls._installed = True
-      import sys
-      old_excepthook, old_unraisable = sys.excepthook, sys.unraisablehook
-
-      def is_noise(exc) -> bool:
-        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-      def excepthook(exc_type, exc, tb):
-        if not is_noise(exc):
-          old_excepthook(exc_type, exc, tb)
-
-      def unraisablehook(unraisable):
-        if not is_noise(unraisable.exc_value):
-          old_unraisable(unraisable)
-
-      sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
-    return self
-
-  def __exit__(self, *exc):
-    return False
-
-
-class _OsErrorRecords(logging.Filter):
-  """Drops orbax's ERROR records of an OS-level write failure (a full disk).
-
-  One failed save makes orbax log the same error (an ``OSError`` such as
-  ``[Errno 28] No space left on device``, or TensorStore's ``...
-  [os_error_code='28']``) with a traceback from each of its threads (three
-  or four, ~200-300 lines), and then raise it; the run reports that
-  exception as one line naming the path and the cause
-  (``run_guard.one_line_errors``): a record is dropped when its exception is
-  one that would give (``run_guard.os_failure_line``). Other orbax records pass.
-  """
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    from hcl_jax.run import guard as run_guard
-
-    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
-      return True
-    exc = record.exc_info[1] if record.exc_info else None
-    if exc is not None and run_guard.os_failure_line(exc) is not None:
-      return False
-    message = record.getMessage()
-    return "os_error_code=" not in message and "[Errno " not in message
-
-
-def _quiet_os_error_records() -> None:
-  absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
-  if not any(isinstance(f, _OsErrorRecords) for f in absl_logger.filters):
-    absl_logger.addFilter(_OsErrorRecords())
 
 
 def _first_line(e: BaseException) -> str:
