@@ -1,7 +1,7 @@
 """Two processes, one checkpoint directory: every host takes the same branch.
 
 Each process judges each step itself (metadata, restore, CRC-32) and the
-verdicts are all-gathered (``checkpointing.agreed_verdict``); without that,
+verdicts are all-gathered (``checkpoint_integrity.agreed_verdict``); without that,
 the process that sees damage would restore an older step than the other and
 the two would meet different barriers (issue 24).
 """

@@ -385,7 +385,7 @@ def test_dtype_change_is_a_different_model(tmp_path):
 
 
 def test_agreed_verdict_takes_the_worst_of_every_process():
-  from hcl_jax.run.checkpointing import OTHER_MODEL, READABLE, UNREADABLE, agreed_verdict
+  from hcl_jax.run.checkpoint_integrity import OTHER_MODEL, READABLE, UNREADABLE, agreed_verdict
   assert agreed_verdict([READABLE, READABLE]) == READABLE
   # One host's damaged read makes every host skip the step...
   assert agreed_verdict([READABLE, UNREADABLE, READABLE]) == UNREADABLE
@@ -396,7 +396,7 @@ def test_agreed_verdict_takes_the_worst_of_every_process():
 
 def test_checksums_are_crc32_of_each_arrays_bytes(tmp_path):
   import zlib
-  from hcl_jax.run.checkpointing import CHECKSUM_KEY
+  from hcl_jax.run.checkpoint_integrity import CHECKSUM_KEY
   w = np.arange(6, dtype=np.float32).reshape(2, 3)
   with Checkpointer(tmp_path, keep=1, save_every_steps=1) as ckpt:
     ckpt.maybe_save(1, {"w": jnp.asarray(w), "n": np.arange(3), "k": 4}, {"a": 1})
