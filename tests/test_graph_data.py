@@ -289,8 +289,9 @@ def test_last_batch_padded_or_not_same_loss_gradients_and_embeddings():
   assert padded.x.shape[0] > own.x.shape[0] and padded.graph_mask.shape[0] == 128
   model = model_lib.InfoGraph(32, 3)
   state = train.create_state(model, optax.adam(1e-3), own, seed=0)
-  # Weights after some training, so that the gradients are not the init's.
-  step = train.make_train_step(32, 3, 1e-3, "jsd_hard", False, 0.5, "zero")
+  # Weights after some training, so that the gradients are not the init's (a
+  # learning rate of its own: test_graph_train counts the 1e-3 step's compilations).
+  step = train.make_train_step(32, 3, 1.1e-3, "jsd_hard", False, 0.5, "zero")
   full = tu_data.make_batches(ds, order, 128, shapes="two")[0]
   for _ in range(3):
     state, _ = step(state, full, jnp.float32(2.0))
