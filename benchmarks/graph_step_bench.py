@@ -1,6 +1,9 @@
-"""One InfoGraph training step (forward + backward + Adam) on a batch of 128 MUTAG
-graphs: our jitted JAX step vs the same step written with PyTorch Geometric the
-way the published HCL graph/ code writes it, side by side in one process.
+"""InfoGraph training on MUTAG, ours (JAX) vs the published PyTorch code: speed.
+
+One training step (forward + backward + Adam) on a batch of 128 MUTAG
+graphs, or with ``--epoch`` one epoch (all 188 graphs: 128 + 60): our jitted
+JAX step vs the same step written with PyTorch Geometric the way the
+published HCL graph/ code writes it, side by side in one process.
 
 The PyTorch side (written here from the published gin.py, model.py, losses.py
 and gan_losses.py, not copied): GINConv(Sequential(Linear, ReLU, Linear)) +
@@ -10,28 +13,43 @@ call, measure JSD_hard, Adam. Both sides start from the same weights (ours
 copied into torch) on the same batch, and the first step's losses are printed
 side by side as a check that the two compute the same thing.
 
-  python benchmarks/graph_step_bench.py               # beta 1, 30 steps x 3 rounds
+  python benchmarks/graph_step_bench.py --threads=1             # one step, beta 1
+  python benchmarks/graph_step_bench.py --threads=1 --epoch     # one epoch
   python benchmarks/graph_step_bench.py --beta 0 --steps 10 --rounds 2
-  python benchmarks/graph_step_bench.py --threads=1   # both on one core
+  python benchmarks/graph_step_bench.py --grad-check --beta 10  # float32 vs float64 gradients
+
+``--epoch`` loops as the trainers do: ours over the run's batches
+(``make_batches(shapes="two")``: the last, 60-graph batch has its own
+compiled shape) and, for comparison, with the last batch padded to a full
+128-graph one (``shapes="one"``, what hcl_jax.graph.train did before); the
+published code through its DataLoader (collating every batch every epoch)
+and, stricter, the same torch steps on batches collated once. A float(loss)
+per step on both sides, as both trainers log it.
 
 On a shared 2-core machine torch's 2-thread OpenMP pool slows down a lot when
 another process holds a core (benchmarks/README.md): there ``--threads=1``
-gives the fairer figure.
+(both pinned to one core, torch on one thread) gives the fairer figure.
+Rounds alternate between the variants so a shared machine's load hits all
+alike; read the ratios.
 
-Rounds alternate between the frameworks so a shared machine's load hits both
-alike; read the ratio.
-
-Measured (2-core AMD EPYC, AVX2, shared, load 14-20; torch 2.14.1 CPU build
-as installed in the venv, torch_geometric 2.8.1, jax 0.10.2), ms per step,
-median of 3 rounds of 20 steps:
-  --threads=1 --beta 1: ours 24.3, published 90.0 (3.7x), vectorised masks 67.1 (2.8x)
-  --threads=1 --beta 0: ours 23.5, published 92.8 (3.9x), vectorised masks 61.3 (2.6x)
-  all cores, --beta 1:  ours 27.6, published 1554 (64x), vectorised masks 804 (61x):
-                        torch's 2-thread pool under load, not a fair figure.
-Losses agree to 1.5e-7 (2 threads) / 4.7e-6 (1 thread) at the first step, eval
-embeddings at initialisation to 2.6e-7; after 3 Adam steps the embeddings
-differ by ~1e-2 relative (Adam's first steps are ~lr * sign(g), so float
-rounding in near-zero gradients moves weights by up to 2 lr), the losses by <= 1.2e-4.
+Measured 2026-12-06 (2-core AMD EPYC, shared with other jobs, load 2.5-3.6;
+torch 2.14.1 CPU, torch_geometric 2.8.1, jax 0.10.2), --threads=1, ms,
+median of 5 rounds:
+  --epoch --steps 40 --rounds 5 (beta 1), per epoch: ours 17.7; before (last
+    batch padded to 128 graphs) 27.5; published 68.5 (3.8x ours; 2.5x before),
+    its steps on batches collated once 62.8 (3.5x; 2.3x before).
+  --epoch --beta 0, same: ours 16.1; before 26.6; published 69.3 (3.9x),
+    collated once 63.4 (3.7x).
+  --rounds 5 (beta 1), per 128-graph step: ours 11.3, published 46.0 (3.9x),
+    vectorised masks (not published) 30.6 (2.7x).
+Losses agree to 4.7e-6 at the first step, eval embeddings at initialisation
+to 2.6e-7; after 3 Adam steps the embeddings differ by ~1e-2 relative
+(Adam's first steps are ~lr * sign(g), so float rounding in near-zero
+gradients moves weights by up to 2 lr), the losses by <= 1.2e-4. The last
+batch gives the same loss in its own shape and padded.
+--grad-check (first step, 128 graphs; worst tensor of max |g - g64| / max
+|g64| against the published code in float64): published float32 2.3e-3
+(beta 0), 1.7e-3 (beta 1), 6.3e-4 (beta 10); ours 1.5e-5, 1.7e-5, 2.4e-5.
 """
 
 from __future__ import annotations
@@ -63,6 +81,15 @@ parser.add_argument("--beta", type=float, default=1.0)
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--steps", type=int, default=30, help="timed steps per framework per round")
 parser.add_argument("--rounds", type=int, default=3)
+parser.add_argument("--epoch", action="store_true",
+                    help="time whole MUTAG epochs (a batch of 128 graphs and the last of 60) "
+                    "instead of one 128-graph step")
+parser.add_argument("--grad-check", action="store_true",
+                    help="no timing: the first step's gradients of ours (float32) and of the "
+                    "published code in float32, each against the published code in float64 "
+                    "(after --steps of our training on the batch with --grad-check-trained)")
+parser.add_argument("--grad-check-trained", action="store_true",
+                    help="--grad-check from the weights after --steps steps, not the init")
 parser.add_argument("--threads", type=int, default=0,
                     help="--threads=N: pin the process to N cores, torch to N threads "
                     "(0: all cores, default threads)")
@@ -164,6 +191,23 @@ def copy_weights(params, net: TorchInfoGraph, layers: int):
     linear(head.shortcut, params[name]["shortcut"])
 
 
+def torch_tree(net: TorchInfoGraph, layers: int, get=lambda p: p.grad):
+  """``get`` of every torch parameter, laid out as our flax params (kernel = weight.T)."""
+  arr = lambda t: get(t).detach().double().numpy()  # noqa: E731
+  linear = lambda m: {"kernel": arr(m.weight).T, "bias": arr(m.bias)}  # noqa: E731
+  enc = net.encoder
+  tree = {"encoder": {}}
+  for i in range(layers):
+    tree["encoder"][f"gin{i}_dense0"] = linear(enc.convs[i].nn[0])
+    tree["encoder"][f"gin{i}_dense1"] = linear(enc.convs[i].nn[2])
+    tree["encoder"][f"bn{i}"] = {"scale": arr(enc.bns[i].weight), "bias": arr(enc.bns[i].bias)}
+  for name in ("local_d", "global_d"):
+    head = getattr(net, name)
+    tree[name] = {f"block{i}": linear(head.block[k]) for i, k in enumerate((0, 2, 4))}
+    tree[name]["shortcut"] = linear(head.shortcut)
+  return tree
+
+
 # ---------------------------------------------------------------- the batch
 dataset = tu_data.load_tu_dataset("MUTAG")
 order = tu_data.shuffled_order(len(dataset), 0)[:args.batch]
@@ -214,6 +258,51 @@ def compare_embeddings(when):
   print(f"eval-mode embeddings {when}: max |ours - torch| / max |torch| = {diff:.1e}")
 
 
+def grad_check():
+  """Gradients of the first step from the same weights: ours and the published
+  code's in float32, each against the published code run in float64 (which
+  matches ours in float64 to ~1e-11, issue 26). Per tensor max |g - g64| /
+  max |g64|; the worst tensor is printed."""
+  from hcl_jax.graph import losses
+
+  global state
+  if args.grad_check_trained:
+    for _ in range(args.steps):
+      state, _ = step(state, device_batch, beta_arg)
+    print(f"from the weights after {args.steps} of our steps on this batch")
+  params = jax.device_get(state["params"])
+
+  def torch_grads(dtype):
+    ref = TorchInfoGraph(dataset.num_features)
+    copy_weights(params, ref, 3)
+    ref = ref.to(dtype)
+    loss = ref(pyg_batch.x.to(dtype), pyg_batch.edge_index, pyg_batch.batch, args.beta)
+    loss.backward()
+    return float(loss.detach()), torch_tree(ref, 3)
+
+  def ours_loss(p):
+    (l, g), _ = model.apply({"params": p, "batch_stats": state["batch_stats"]}, device_batch,
+                            train=True, mutable=["batch_stats"])
+    beta = 0.0 if args.beta == 0 else jnp.float32(args.beta)
+    return losses.local_global_loss(l, g, device_batch.node_graph, device_batch.node_mask,
+                                    device_batch.graph_mask, beta=beta)
+
+  loss64, g64 = torch_grads(torch.float64)
+  loss32, g32 = torch_grads(torch.float32)
+  ours_l, ours_g = jax.jit(jax.value_and_grad(ours_loss))(params)
+  print(f"beta {args.beta:g}: loss float64 {loss64:.9f}, torch float32 {loss32:.9f}, "
+        f"ours float32 {float(ours_l):.9f}")
+  for name, grads in (("published float32", g32), ("ours float32", jax.device_get(ours_g))):
+    errors = jax.tree.map(lambda g, r: float(np.abs(np.asarray(g, np.float64) - r).max()
+                                             / max(np.abs(r).max(), 1e-30)), grads, g64)
+    path, worst = max(jax.tree_util.tree_leaves_with_path(errors), key=lambda kv: kv[1])
+    print(f"{name} gradients vs float64: worst tensor {jax.tree_util.keystr(path)} "
+          f"{worst:.1e}, median over tensors {np.median(jax.tree.leaves(errors)):.1e}")
+
+
+if args.grad_check:
+  grad_check()
+  sys.exit(0)
 compare_embeddings("at initialisation")
 # Same weights, same batch: the losses of the first steps should agree (the
 # second and third also check gradients, BatchNorm and Adam).
@@ -223,29 +312,119 @@ for i in range(3):
   print(f"step {i + 1} loss: ours {ours:.6f}  torch/PyG {theirs:.6f}  "
         f"(relative difference {abs(ours - theirs) / abs(theirs):.1e})")
 compare_embeddings("after 3 steps")
-ours_step().block_until_ready()  # compiled already; warm
 
-OURS = "ours (JAX, jit)"
-PUBLISHED = "published (PyTorch Geometric, Python-loop masks)"
-VECTORISED = "PyTorch Geometric, vectorised masks (not published)"
-times = {OURS: [], PUBLISHED: [], VECTORISED: []}
-for _ in range(args.rounds):
-  t = time.perf_counter()
-  for _ in range(args.steps):
-    loss = ours_step()
-  loss.block_until_ready()
-  times[OURS].append((time.perf_counter() - t) / args.steps)
-  for name, vectorised in ((PUBLISHED, False), (VECTORISED, True)):
+
+
+def time_steps():
+  ours_step().block_until_ready()  # compiled already; warm
+  OURS = "ours (JAX, jit)"
+  PUBLISHED = "published (PyTorch Geometric, Python-loop masks)"
+  VECTORISED = "PyTorch Geometric, vectorised masks (not published)"
+  times = {OURS: [], PUBLISHED: [], VECTORISED: []}
+  for _ in range(args.rounds):
     t = time.perf_counter()
     for _ in range(args.steps):
-      torch_step(vectorised)
-    times[name].append((time.perf_counter() - t) / args.steps)
+      loss = ours_step()
+    loss.block_until_ready()
+    times[OURS].append((time.perf_counter() - t) / args.steps)
+    for name, vectorised in ((PUBLISHED, False), (VECTORISED, True)):
+      t = time.perf_counter()
+      for _ in range(args.steps):
+        torch_step(vectorised)
+      times[name].append((time.perf_counter() - t) / args.steps)
+  print_table(f"step (batch of {args.batch} MUTAG graphs)", "step", times, OURS)
 
-print()
-print("| step (batch of 128 MUTAG graphs) | ms / step (median of rounds) | per round (ms) "
-      "| ours faster by (median of per-round ratios) |")
-print("|---|---|---|---|")
-for name, ts in times.items():
-  ratio = statistics.median(b / a for a, b in zip(times[OURS], ts))
-  print(f"| {name} | {statistics.median(ts) * 1e3:.2f} | "
-        f"{', '.join(f'{t * 1e3:.2f}' for t in ts)} | {ratio:.1f}x |")
+
+def print_table(what, unit, times, ours):
+  print()
+  print(f"| {what} | ms / {unit} (median of rounds) | per round (ms) "
+        "| ours faster by (median of per-round ratios) |")
+  print("|---|---|---|---|")
+  for name, ts in times.items():
+    ratio = statistics.median(b / a for a, b in zip(times[ours], ts))
+    print(f"| {name} | {statistics.median(ts) * 1e3:.2f} | "
+          f"{', '.join(f'{t * 1e3:.2f}' for t in ts)} | {ratio:.2f}x |")
+
+
+def time_epochs():
+  """Epochs over all 188 MUTAG graphs in the run's fixed order (seed 0), as the
+  trainers loop: ours over ``make_batches(shapes="two")`` (the last batch its
+  own shape) and ``shapes="one"`` (the last batch padded to a full one, the
+  previous behaviour), a float(loss) per step as hcl_jax.graph.train logs;
+  torch as deepinfomax.py: a DataLoader over the shuffled dataset (collating
+  each batch every epoch), loss.item() per step; and the same torch steps on
+  batches collated once (a stricter comparison)."""
+  from torch_geometric.loader import DataLoader
+
+  full_order = tu_data.shuffled_order(len(dataset), 0)
+  data = [Data(x=torch.tensor(dataset.node_features[i]),
+               edge_index=torch.tensor(dataset.edges[i].astype(np.int64))) for i in full_order]
+  loader = DataLoader(data, batch_size=args.batch, shuffle=False)
+  collated = list(loader)
+  variants = {name: tu_data.make_batches(dataset, full_order, args.batch, shapes=shapes)
+              for name, shapes in (("two", "two"), ("one", "one"))}
+  print(f"epoch: {len(data)} graphs in batches of {[b.num_graphs for b in variants['two']]}; "
+        "shapes (nodes, edges, graph slots): "
+        + "; ".join(f"{name}: " + ", ".join(f"{b.x.shape[0]}/{b.senders.shape[0]}/"
+                                            f"{b.graph_mask.shape[0]}" for b in batches)
+                    for name, batches in variants.items()))
+  tx = optax.adam(1e-3)
+  states = {name: train_lib.create_state(model, tx, batches[0], seed=0)
+            for name, batches in variants.items()}
+  device = {name: [jax.device_put(b) for b in batches] for name, batches in variants.items()}
+  ep_net = TorchInfoGraph(dataset.num_features)
+  copy_weights(jax.device_get(states["two"]["params"]), ep_net, 3)
+  ep_opt = torch.optim.Adam(ep_net.parameters(), lr=1e-3)
+
+  def ours_epoch(name):
+    losses = []
+    for b in device[name]:
+      states[name], loss = step(states[name], b, beta_arg)
+      losses.append(float(loss))
+    return losses
+
+  def torch_epoch(batches):
+    losses = []
+    for b in batches:
+      ep_opt.zero_grad()
+      loss = ep_net(b.x, b.edge_index, b.batch, args.beta)
+      loss.backward()
+      ep_opt.step()
+      losses.append(loss.item())
+    return losses
+
+  # From the same weights: the first epoch's losses, batch by batch (the last
+  # batch compares its own shape with its padding to a full batch).
+  first = {"ours, last batch its own shape": ours_epoch("two"),
+           "ours, last batch padded (before)": ours_epoch("one"),
+           "published": torch_epoch(loader)}
+  for name, values in first.items():
+    print(f"epoch 1 losses, {name}: {', '.join(f'{v:.6f}' for v in values)}")
+  last = [v[-1] for v in first.values()]
+  print(f"last batch: |own shape - padded| = {abs(last[0] - last[1]):.1e}, "
+        f"|own shape - published| / |published| = {abs(last[0] - last[2]) / abs(last[2]):.1e}")
+
+  OURS = "ours, last batch its own shape (JAX, jit)"
+  names = {OURS: lambda: ours_epoch("two"),
+           "ours, last batch padded to 128 graphs (before)": lambda: ours_epoch("one"),
+           "published (PyTorch Geometric; DataLoader collating every epoch)":
+               lambda: torch_epoch(loader),
+           "published steps, batches collated once": lambda: torch_epoch(collated)}
+  for fn in names.values():
+    fn()   # warm
+  epochs = max(1, args.steps // len(collated))
+  times = {name: [] for name in names}
+  for _ in range(args.rounds):
+    for name, fn in names.items():
+      t = time.perf_counter()
+      for _ in range(epochs):
+        fn()
+      times[name].append((time.perf_counter() - t) / epochs)
+  print_table(f"epoch ({len(data)} MUTAG graphs, {len(collated)} batches; {epochs} epochs "
+              "per round)", "epoch", times, OURS)
+
+
+if args.epoch:
+  time_epochs()
+else:
+  time_steps()

@@ -3,7 +3,8 @@
 Selected by argument: ``--config configs/graph.py:dataset=NAME``, NAME one of
 ``hcl_jax.graph.config.DATASETS`` (the settings: ``hcl_jax.graph.config``).
 
-Commands, one run each (the table of beta 0, 1, 2, 10 x 10 repeats is
+Commands, one run each (the table of InfoGraph and JSD_hard beta 0, 1, 2, 10
+x 10 repeats is
 `python -m hcl_jax.reproduce --table TABLE`, TABLE the name in lower case with
 _ for -, plus `--data-dir DATA_DIR` for every dataset but MUTAG):
   python -m hcl_jax.graph.main --config configs/graph.py:dataset=MUTAG --workdir workdirs/graph/mutag --config.loss.beta=1.0
@@ -19,9 +20,9 @@ MUTAG loads from the installed grakel wheel (no data_dir). The others need
 the TU files: unzip https://www.chrsmrrs.com/graphkerneldatasets/NAME.zip
 into DATA_DIR.
 
-Expected time: MUTAG 23-60 s per run (median 30 s; 400 steps, SVC at epochs
-0, 100, 200) on a 2-core AMD EPYC shared with other jobs (load 15-25); the
-table of 40 runs took 22 min (docs/results/mutag.md). The other datasets: not
+Expected time: MUTAG 7-38 s per run (median 13 s; 400 steps, SVC at epochs
+0, 100, 200) on one core of a 2-core AMD EPYC shared with other jobs; the
+table of 50 runs took 12.4 min (docs/results/mutag.md). The other datasets: not
 measured here (the files are not on this machine).
 """
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from hcl_jax.graph import reproduce_table
 from hcl_jax.graph import train
 from hcl_jax.graph.config import base_config
+from hcl_jax.reproduce import graph_tables
 
 
 def short_config(**overrides):
@@ -38,8 +38,8 @@ def test_short_mutag_run_then_crash_and_exact_resume(tmp_path, monkeypatch):
   assert [r["step"] for r in records] == [2, 4, 6, 8]       # 188 graphs: 2 batches / epoch
   assert records[-1]["loss"] < records[0]["loss"]            # it trains
   assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == ["4", "8"]
-  # Both batches (128 and 60 graphs) share one padded shape: one compilation.
-  assert train.make_train_step(32, 3, 1e-3, "jsd_hard", False, 0.5, "zero")._cache_size() == 1
+  # The 128-graph batch and the last, 60-graph one have a shape each: two compilations.
+  assert train.make_train_step(32, 3, 1e-3, "jsd_hard", False, 0.5, "zero")._cache_size() == 2
 
   # Killed at step 7 (the last checkpoint is step 4, epoch 2), then started again.
   real_make = train.make_train_step   # cached: the compiled step of the run above
@@ -92,7 +92,7 @@ def test_bad_loss_option(tmp_path):
 
 
 def test_every_dataset_config_loads():
-  for table, name in reproduce_table.TABLES.items():
-    config = reproduce_table.load_config(table)
+  for table, name in graph_tables.TABLES.items():
+    config = graph_tables.load_config(table)
     assert config.dataset == name
     train.validate_config(config)

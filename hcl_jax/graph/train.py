@@ -121,7 +121,7 @@ def train_and_evaluate(config: Any, workdir: str, *,
   if dataset is None:
     dataset = tu_data.load_tu_dataset(config.dataset, config.data_dir or None)
   order = tu_data.shuffled_order(len(dataset), config.seed)
-  batches = tu_data.make_batches(dataset, order, config.batch_size, one_shape=True)
+  batches = tu_data.make_batches(dataset, order, config.batch_size, shapes="two")
   steps_per_epoch = len(batches)
   graphs_per_step = [b.num_graphs for b in batches]
   batches = [jax.device_put(b) for b in batches]   # once: every epoch reuses them

@@ -17,7 +17,8 @@ loads with no ``data_dir``; every other dataset is read from ``data_dir``.
 
 Batches (``make_batches``) are padded to fixed shapes: ``graphs_per_batch``
 graph slots, and node and edge counts rounded up to a short geometric ladder
-of sizes, so a run compiles a handful of shapes however its batches vary.
+of sizes, so a run compiles a handful of shapes however its batches vary (a
+training run two: its full batches and its smaller last batch).
 Padding nodes belong to no graph (graph id == num graph slots, which
 ``jax.ops.segment_sum`` drops), padding edges point at node id == num node
 slots (their messages are dropped the same way).
@@ -28,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from etils import epath
@@ -105,11 +106,70 @@ def dataset_dir(name: str, data_dir: str | None) -> epath.Path:
       f"unzip it into {root}.")
 
 
-def _read_table(path: epath.Path, dtype) -> np.ndarray:
-  text = path.read_text().replace(",", " ")
-  values = np.array(text.split(), dtype=dtype)
-  rows = len([line for line in text.splitlines() if line.strip()])
-  return values.reshape(rows, -1) if rows else values.reshape(0, 1)
+class TUFormatError(ValueError):
+  """A TU file that does not fit the format; the message is one line naming
+  the file and, where one line is at fault, its line number."""
+
+
+_SEPARATORS = np.zeros(256, bool)
+_SEPARATORS[[ord(c) for c in " ,\t\r\n"]] = True
+
+
+def _read_table(path: epath.Path, dtype, what: str, columns: int | None = None) -> np.ndarray:
+  """The rows of a TU text file, [lines, columns] of ``dtype``.
+
+  Every line holds the same number of values (``columns`` where given, else
+  line 1's), separated by commas and/or blanks; blank lines only at the end.
+  ``what`` names the values in errors ("integers", "numbers").
+  """
+  try:
+    text = path.read_text()
+  except UnicodeDecodeError as e:
+    raise TUFormatError(f"{path}: not a text file ({e.reason} at byte {e.start}).") from None
+  lines = text.split("\n")
+  while lines and not lines[-1].strip():
+    lines.pop()
+  if not lines:
+    return np.zeros((0, columns or 1), dtype)
+  # Values per line without a Python loop: a value starts where a
+  # non-separator follows a separator (or the start of the text).
+  body = "\n".join(lines)
+  chars = np.frombuffer(body.encode(), np.uint8)
+  sep = _SEPARATORS[chars]
+  starts = np.flatnonzero(~sep & np.concatenate([[True], sep[:-1]]))
+  line_of_start = np.searchsorted(np.flatnonzero(chars == ord("\n")), starts)
+  counts = np.bincount(line_of_start, minlength=len(lines))
+  empty = np.flatnonzero(counts == 0)
+  if empty.size:
+    raise TUFormatError(f"{path} line {empty[0] + 1}: empty line (blank lines only at the end).")
+  want = columns or int(counts[0])
+  bad = np.flatnonzero(counts != want)
+  if bad.size:
+    i = int(bad[0])
+    expected = _count_words(want, what) + ("" if columns else " as on line 1")
+    raise TUFormatError(f"{path} line {i + 1}: {lines[i].strip()!r} is not {expected}.")
+  try:
+    values = np.array(body.replace(",", " ").split(), dtype=dtype)
+  except (ValueError, OverflowError):
+    for i, line in enumerate(lines):
+      try:
+        np.array(line.replace(",", " ").split(), dtype=dtype)
+      except (ValueError, OverflowError):
+        raise TUFormatError(f"{path} line {i + 1}: {line.strip()!r} is not "
+                            f"{_count_words(want, what)}.") from None
+    raise
+  return values.reshape(len(lines), want)
+
+
+def _count_words(n: int, what: str) -> str:
+  """2, "integers" -> "two integers"; 1 -> "one integer"."""
+  return f"{({1: 'one', 2: 'two'}).get(n, n)} {what[:-1] if n == 1 else what}"
+
+
+def _check_lines(path: epath.Path, rows: np.ndarray, indicator: epath.Path, count: int,
+                 unit: str) -> None:
+  if len(rows) != count:
+    raise TUFormatError(f"{path}: {len(rows)} lines, but {indicator.name} has {count} {unit}.")
 
 
 def _one_hot_columns(labels: np.ndarray) -> np.ndarray:
@@ -119,34 +179,76 @@ def _one_hot_columns(labels: np.ndarray) -> np.ndarray:
   return np.concatenate(blocks, axis=1)
 
 
-def load_tu_dataset(name: str, data_dir: str | None = None) -> GraphDataset:
-  """Reads TU dataset ``name`` (see the module docstring)."""
-  folder = dataset_dir(name, data_dir)
-  edges = _read_table(folder / f"{name}_A.txt", np.int64) - 1
-  node_graph = _read_table(folder / f"{name}_graph_indicator.txt", np.int64)[:, 0] - 1
-  graph_labels = _read_table(folder / f"{name}_graph_labels.txt", np.int64)[:, 0]
+def _read_graph_indicator(path: epath.Path) -> np.ndarray:
+  """Each node's graph, 0-based; the ids in the file are 1..G, non-decreasing, no gap."""
+  ids = _read_table(path, np.int64, "integers", columns=1)[:, 0]
+  if not len(ids):
+    raise TUFormatError(f"{path}: empty; it lists the graph id of every node.")
+  if ids[0] != 1:
+    raise TUFormatError(f"{path} line 1: graph id {ids[0]}; ids are 1..G, the first is 1.")
+  step = np.diff(ids)
+  bad = np.flatnonzero((step != 0) & (step != 1))
+  if bad.size:
+    i = int(bad[0]) + 1
+    why = ("nodes must be sorted by graph" if step[i - 1] < 0
+           else f"ids are 1..G with no gap (no graph {ids[i - 1] + 1})")
+    raise TUFormatError(f"{path} line {i + 1}: graph id {ids[i]} after {ids[i - 1]}; {why}.")
+  return ids - 1
+
+
+def _read_edges(path: epath.Path, node_graph: np.ndarray, indicator: epath.Path) -> np.ndarray:
+  """[E, 2] 0-based (sender, receiver), checked against the graph indicator."""
+  edges = _read_table(path, np.int64, "integers", columns=2)
+  if not len(edges):
+    raise TUFormatError(f"{path}: empty; it lists the edges (\"i, j\" per line).")
   num_nodes = len(node_graph)
-  num_graphs = int(node_graph.max()) + 1
-  if len(graph_labels) != num_graphs:
-    raise ValueError(f"{folder}: {len(graph_labels)} graph labels for {num_graphs} graphs.")
-  if edges.size and (edges.min() < 0 or edges.max() >= num_nodes):
-    raise ValueError(f"{folder}/{name}_A.txt names nodes outside 1..{num_nodes}.")
-  if np.any(np.diff(node_graph) < 0):
-    raise ValueError(f"{folder}/{name}_graph_indicator.txt is not sorted by graph.")
+  outside = np.flatnonzero(np.any((edges < 1) | (edges > num_nodes), axis=1))
+  if outside.size:
+    i = int(outside[0])
+    node = next(int(v) for v in edges[i] if not 1 <= v <= num_nodes)
+    raise TUFormatError(f"{path} line {i + 1}: node {node} is outside 1..{num_nodes} "
+                        f"({indicator.name} has {num_nodes} nodes).")
+  edges = edges - 1
+  across = np.flatnonzero(node_graph[edges[:, 0]] != node_graph[edges[:, 1]])
+  if across.size:
+    i = int(across[0])
+    a, b = edges[i]
+    raise TUFormatError(f"{path} line {i + 1}: edge {a + 1}, {b + 1} joins graph "
+                        f"{node_graph[a] + 1} and graph {node_graph[b] + 1} "
+                        f"(per {indicator.name}).")
+  return edges
+
+
+def load_tu_dataset(name: str, data_dir: str | None = None) -> GraphDataset:
+  """Reads TU dataset ``name`` (see the module docstring); ``TUFormatError``
+  (one line: the file and the line) on a file that does not fit the format."""
+  folder = dataset_dir(name, data_dir)
+  indicator = folder / f"{name}_graph_indicator.txt"
+  node_graph = _read_graph_indicator(indicator)
+  num_nodes, num_graphs = len(node_graph), int(node_graph[-1]) + 1
+  edges = _read_edges(folder / f"{name}_A.txt", node_graph, indicator)
+  labels_file = folder / f"{name}_graph_labels.txt"
+  graph_labels = _read_table(labels_file, np.int64, "integers", columns=1)[:, 0]
+  _check_lines(labels_file, graph_labels, indicator, num_graphs, "graphs")
 
   labels_path = folder / f"{name}_node_labels.txt"
+  node_labels = None
+  if labels_path.exists():
+    node_labels = _read_table(labels_path, np.int64, "integers")
+    _check_lines(labels_path, node_labels, indicator, num_nodes, "nodes")
   attributes_path = folder / f"{name}_node_attributes.txt"
-  attributes = _read_table(attributes_path, np.float32) if attributes_path.exists() else None
+  attributes = None
+  if attributes_path.exists():
+    attributes = _read_table(attributes_path, np.float32, "numbers")
+    _check_lines(attributes_path, attributes, indicator, num_nodes, "nodes")
 
   # PyG's read_tu_data: drop self-loops, coalesce (unique, sorted) edges.
   edges = edges[edges[:, 0] != edges[:, 1]]
   edges = np.unique(edges, axis=0)
-  if np.any(node_graph[edges[:, 0]] != node_graph[edges[:, 1]]):
-    raise ValueError(f"{folder}/{name}_A.txt has edges between different graphs.")
   degree = np.bincount(edges[:, 0], minlength=num_nodes)   # out-degree, edge_index[0]
 
-  if labels_path.exists():
-    features, kind = _one_hot_columns(_read_table(labels_path, np.int64)), "node_labels"
+  if node_labels is not None:
+    features, kind = _one_hot_columns(node_labels), "node_labels"
   elif degree.max() < MAX_ONE_HOT_DEGREE:
     features = np.eye(int(degree.max()) + 1, dtype=np.float32)[degree]
     kind = "one_hot_degree"
@@ -254,35 +356,51 @@ def shuffled_order(num_graphs: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).permutation(num_graphs)
 
 
+SHAPES = ("bucketed", "one", "two")
+
+
 def make_batches(dataset: GraphDataset, order: Sequence[int], batch_size: int, *,
-                 one_shape: bool = False) -> list[GraphBatch]:
+                 shapes: str = "bucketed") -> list[GraphBatch]:
   """Consecutive batches of ``batch_size`` graphs in ``order`` (last one partial).
 
-  Each batch's node and edge slots are bucketed (``bucket_size``); with
-  ``one_shape`` every batch gets the largest batch's buckets, so a training
-  run that cycles through a fixed list of batches compiles its step once.
+  ``shapes`` chooses the padded shapes:
+    "bucketed": each batch its own node and edge buckets (``bucket_size``),
+      ``batch_size`` graph slots.
+    "two" (training: a run cycles through the same batches every epoch): the
+      full batches share one shape, the largest one's buckets, and a smaller
+      last batch gets its own, with as many graph slots as it has graphs and
+      its own buckets. The step compiles at most twice and an epoch costs
+      what its graphs cost (the last batch is not padded to a full one).
+    "one": every batch, the last included, padded to the largest batch's
+      buckets and ``batch_size`` graph slots (one compilation; the last batch
+      costs a full one).
+  Padding is masked, so the three give the same losses and embeddings up to
+  float rounding.
 
   A batch of one graph is refused: its negatives term divides by
   n_graphs - 1 (the published code returns NaN there).
   """
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
     raise ValueError(f"batch_size={batch_size!r}: must be an int >= 2.")
+  if shapes not in SHAPES:
+    raise ValueError(f"shapes={shapes!r}: expected one of {SHAPES}.")
   order = list(order)
   chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
   if len(chunks[-1]) == 1:
     raise ValueError(
         f"{len(order)} graphs in batches of {batch_size} leave a last batch of one graph, "
         "whose JSD negatives term is 0/0; choose another batch_size.")
-  if not one_shape:
+  if shapes == "bucketed":
     return [pad_batch(dataset, chunk, batch_size) for chunk in chunks]
-  nodes = max(sum(len(dataset.node_features[i]) for i in chunk) for chunk in chunks)
-  edges = max(sum(dataset.edges[i].shape[1] for i in chunk) for chunk in chunks)
-  return [pad_batch(dataset, chunk, batch_size, bucket_size(nodes), bucket_size(edges))
-          for chunk in chunks]
 
+  def buckets(group):
+    nodes = max(sum(len(dataset.node_features[i]) for i in chunk) for chunk in group)
+    edges = max(sum(dataset.edges[i].shape[1] for i in chunk) for chunk in group)
+    return bucket_size(nodes), bucket_size(edges)
 
-def iterate_forever(batches: Sequence[GraphBatch], start: int = 0) -> Iterator[GraphBatch]:
-  i = start
-  while True:
-    yield batches[i % len(batches)]
-    i += 1
+  if shapes == "one" or len(chunks[-1]) == batch_size:
+    return [pad_batch(dataset, chunk, batch_size, *buckets(chunks)) for chunk in chunks]
+  full, last = chunks[:-1], chunks[-1]
+  slots = buckets(full) if full else None
+  return ([pad_batch(dataset, chunk, batch_size, *slots) for chunk in full]
+          + [pad_batch(dataset, last, len(last), *buckets([last]))])

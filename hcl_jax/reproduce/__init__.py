@@ -4,7 +4,7 @@
   python -m hcl_jax.reproduce --table stl10 --seeds 3 --dry-run
   python -m hcl_jax.reproduce --table stl10 --report-only
   python -m hcl_jax.reproduce --table digits --epochs 2 -- --config.data_dir=data
-  python -m hcl_jax.reproduce --table mutag     # graphs: see hcl_jax/graph/reproduce_table.py
+  python -m hcl_jax.reproduce --table mutag     # graphs: see graph_tables.py
   python -m hcl_jax.reproduce --table stl10 --seeds 3 --workdir gs://BKT/hcl \\
       --tpu-commands --zone us-central2-b -- --config.data_dir=gs://BKT/tfds
 
@@ -24,6 +24,10 @@ Afterwards (and with ``--report-only``) ``docs/results/<table>.md`` and
 kNN top-1 with the published numbers (STL-10 only; docs/reference.md), give
 each cell's paired difference to SimCLR (same seed) with its 95 % t-interval,
 and say which readout protocol made each number.
+
+``--table`` chooses from one registry (``cli.TABLES``: name -> kind): the
+image tables above and the graph tables (mutag, proteins, ...: InfoGraph
+rows, ``graph_tables``, which has its own flags and report).
 
 Modules: ``tables`` (the cells, the published numbers, each run's config and
 FLOP estimates), ``runner`` (``plan_runs`` builds the runs without starting

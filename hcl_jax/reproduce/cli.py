@@ -10,9 +10,27 @@ from typing import Sequence
 import hcl_jax.reproduce
 from hcl_jax.config.values import positive_int_arg
 from hcl_jax.config.registry import READOUTS
-from hcl_jax.reproduce import report, runner, tables
+from hcl_jax.reproduce import graph_tables, report, runner, tables
 from hcl_jax.reproduce.report import DEFAULT_OUT_DIR
 from hcl_jax.reproduce.runner import DEFAULT_ROOT, Run
+
+# The one registry of tables: every --table name and its kind. "image":
+# hcl_jax.main runs (tables.py, runner.py, report.py); "graph": InfoGraph runs
+# (graph_tables.py).
+TABLES: dict[str, str] = {**{name: "image" for name in tables.TABLES},
+                          **{name: "graph" for name in graph_tables.TABLES}}
+assert len(TABLES) == len(tables.TABLES) + len(graph_tables.TABLES), "a name in both kinds"
+
+
+def table_kind(argv: Sequence[str]) -> str | None:
+  """The kind (``TABLES``) of the table that ``argv`` names with --table, None
+  without one; an unknown name is argparse's usage error listing every table.
+  Only the flags before ``--`` count (those after it go to the runs)."""
+  argv = list(argv)
+  argv = argv[:argv.index("--")] if "--" in argv else argv
+  parser = argparse.ArgumentParser(prog="python -m hcl_jax.reproduce", add_help=False)
+  parser.add_argument("--table", choices=sorted(TABLES))
+  return TABLES.get(parser.parse_known_args(argv)[0].table)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
       prog="python -m hcl_jax.reproduce", description=hcl_jax.reproduce.__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="Flags after -- go to every hcl_jax.main run. See docs/reproducing.md.")
-  parser.add_argument("--table", required=True, choices=tables.TABLES)
+  parser.add_argument("--table", required=True, choices=tables.TABLES,
+                      help="an image table; the graph tables ("
+                      f"{', '.join(sorted(graph_tables.TABLES))}) take other flags: "
+                      "python -m hcl_jax.reproduce --table mutag --help")
   parser.add_argument("--seeds", type=positive_int_arg, default=None,
                       help="seeds 0..N-1 (default 1; --report-only: every seed found)")
   parser.add_argument("--workdir", default=DEFAULT_ROOT,
@@ -96,8 +117,7 @@ def _print_plan(runs: Sequence[Run], out, epochs: int | None = None) -> None:
 def main(argv: Sequence[str] | None = None, out=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   out = out or sys.stdout
-  from hcl_jax.graph import reproduce_table as graph_tables
-  if graph_tables.wants(argv):   # --table mutag, proteins, ...: InfoGraph (graph/)
+  if table_kind(argv) == "graph":   # --table mutag, proteins, ...: InfoGraph
     return graph_tables.main(argv, out)
   args = parse_args(argv)
   command = _command_line(argv)

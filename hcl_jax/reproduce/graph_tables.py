@@ -1,24 +1,29 @@
 """The graph tables: ``python -m hcl_jax.reproduce --table mutag`` (and the
 other seven datasets of the published graph/launch.sh).
 
-  python -m hcl_jax.reproduce --table mutag                # 4 betas x 10 repeats
+  python -m hcl_jax.reproduce --table mutag                # 5 rows x 10 repeats
   python -m hcl_jax.reproduce --table mutag --dry-run
   python -m hcl_jax.reproduce --table mutag --report-only
   python -m hcl_jax.reproduce --table proteins --data-dir data/tu --dry-run
 
-A table is beta in {0, 1, 2, 10} x repeats 0..R-1 (deepinfomax.py's grid,
-launch.sh's ``--repeats 10``), run repeat-major as published. Repeat r is
-seed r for every beta: the same data order, initial weights and SVC folds, so
-each beta > 0 is compared with beta = 0 pair by pair (the published code
-reshuffles for every (repeat, beta); pairing only removes noise from the
-differences). Each run is ``hcl_jax.graph.train.train_and_evaluate`` in its
-own workdir ``ROOT/<table>/beta<b>/repeat<r>``, all in this one process so
-they share compilations. A run whose results.json exists is skipped; an
-interrupted one resumes from its checkpoints when the command is run again.
+A table's rows: plain InfoGraph (the published code's ``measure='JSD'``, the
+official InfoGraph objective), then ``JSD_hard`` at beta in {0, 1, 2, 10}
+(deepinfomax.py's grid; beta = 0 is the debiased objective, not plain
+InfoGraph), each x repeats 0..R-1 (launch.sh's ``--repeats 10``), run
+repeat-major as published; and the floor: the same encoder untrained (epoch
+0), scored in every run. Repeat r is seed r for every row: the same data
+order, initial weights and SVC folds, so each row is compared with JSD_hard
+beta = 0 pair by pair (the published code reshuffles for every (repeat,
+beta); pairing only removes noise from the differences). Each run is
+``hcl_jax.graph.train.train_and_evaluate`` in its own workdir
+``ROOT/<table>/<row>/repeat<r>`` (row: ``infograph``, ``beta0``, ``beta1``,
+...), all in this one process so they share compilations. A run whose
+results.json exists is skipped; an interrupted one resumes from its
+checkpoints when the command is run again.
 
 Then ``docs/results/<table>.md`` and ``<table>.png``: SVC accuracy (%) mean
-and sample std per beta, the epoch-0 accuracy beside it, wall time, and for
-each beta > 0 the paired difference to beta = 0.
+and sample std per row, the untrained floor, wall time, and each row's
+paired difference to JSD_hard beta = 0.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import shlex
 import sys
@@ -43,18 +49,6 @@ DEFAULT_OUT_DIR = "docs/results"
 TABLES = {name.lower().replace("-", "_"): name for name in DATASETS}
 
 
-def wants(argv: Sequence[str]) -> bool:
-  """Whether ``argv`` (hcl_jax.reproduce's) asks for a graph table."""
-  argv = list(argv)
-  argv = argv[:argv.index("--")] if "--" in argv else argv
-  for i, arg in enumerate(argv):
-    if arg == "--table" and i + 1 < len(argv):
-      return argv[i + 1] in TABLES
-    if arg.startswith("--table="):
-      return arg.split("=", 1)[1] in TABLES
-  return False
-
-
 def config_path(table: str) -> str:
   """The table's config, as its commands name it: configs/graph.py:dataset=NAME."""
   return f"configs/graph.py:dataset={TABLES[table]}"
@@ -65,17 +59,45 @@ def load_config(table: str):
 
 
 @dataclasses.dataclass(frozen=True)
+class Row:
+  """One trained row of a table: a loss measure and its beta."""
+  key: str        # workdir component: infograph | beta0 | beta1 | ...
+  label: str      # as the report names it
+  measure: str    # config.loss.measure: jsd | jsd_hard
+  beta: float     # config.loss.beta
+
+
+INFOGRAPH = Row("infograph", "InfoGraph (JSD)", "jsd", 0.0)
+BASELINE = "beta0"   # the paired differences are against JSD_hard beta = 0
+
+
+def hard_row(beta: float) -> Row:
+  label = ("JSD_hard β = 0 (debiased)" if beta == 0 else f"JSD_hard β = {beta:g} (hard)")
+  return Row(f"beta{beta:g}", label, "jsd_hard", float(beta))
+
+
+def table_rows(betas: Sequence[float] = BETAS) -> tuple[Row, ...]:
+  return (INFOGRAPH, *(hard_row(b) for b in betas))
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
   table: str
-  beta: float
+  row: Row
   repeat: int
   workdir: pathlib.Path
   status: str   # done | resume | new
 
+  @property
+  def beta(self) -> float:
+    return self.row.beta
+
   def command(self, epochs: int | None, data_dir: str | None) -> list[str]:
     argv = ["python", "-m", "hcl_jax.graph.main", "--config", config_path(self.table),
-            "--workdir", str(self.workdir), f"--config.seed={self.repeat}",
-            f"--config.loss.beta={self.beta:g}"]
+            "--workdir", str(self.workdir), f"--config.seed={self.repeat}"]
+    if self.row.measure != "jsd_hard":
+      argv.append(f"--config.loss.measure={self.row.measure}")
+    argv.append(f"--config.loss.beta={self.row.beta:g}")
     if epochs is not None:
       argv.append(f"--config.num_epochs={epochs}")
     if data_dir:
@@ -83,8 +105,8 @@ class Run:
     return argv
 
 
-def run_workdir(root: str | pathlib.Path, table: str, beta: float, repeat: int) -> pathlib.Path:
-  return pathlib.Path(root).absolute() / table / f"beta{beta:g}" / f"repeat{repeat}"
+def run_workdir(root: str | pathlib.Path, table: str, row: Row, repeat: int) -> pathlib.Path:
+  return pathlib.Path(root).absolute() / table / row.key / f"repeat{repeat}"
 
 
 def _status(workdir: pathlib.Path) -> str:
@@ -98,12 +120,12 @@ def _status(workdir: pathlib.Path) -> str:
 
 def plan_runs(table: str, *, repeats: int = REPEATS, betas: Sequence[float] = BETAS,
               root: str | pathlib.Path = DEFAULT_ROOT) -> list[Run]:
-  """Repeat-major, as deepinfomax.py loops."""
+  """Repeat-major, as deepinfomax.py loops; InfoGraph first in each repeat."""
   if table not in TABLES:
     raise ValueError(f"table={table!r}: expected one of {sorted(TABLES)}.")
-  return [Run(table, float(b), r, wd, _status(wd))
-          for r in range(repeats) for b in betas
-          for wd in [run_workdir(root, table, b, r)]]
+  return [Run(table, row, r, wd, _status(wd))
+          for r in range(repeats) for row in table_rows(betas)
+          for wd in [run_workdir(root, table, row, r)]]
 
 
 # --------------------------------------------------------------------------
@@ -115,42 +137,53 @@ def collect_results(runs: Sequence[Run]) -> list[dict[str, Any]]:
   for run in runs:
     path = run.workdir / "results.json"
     if path.is_file():
-      found.append({**json.loads(path.read_text()), "repeat": run.repeat, "beta": run.beta})
+      found.append({**json.loads(path.read_text()), "repeat": run.repeat, "row": run.row.key,
+                    "beta": run.beta})
   return found
 
 
+FLOOR = "untrained encoder (epoch 0)"
+
+
 @dataclasses.dataclass(frozen=True)
-class BetaSummary:
-  beta: float
+class RowSummary:
+  label: str
+  key: str            # a Row's key, or "epoch0" for the floor
   n: int
   mean: float
   std: float          # sample std (n - 1); nan below 2 runs
-  epoch0_mean: float
-  epoch0_std: float
   wall_time_s: float
-  diff_n: int         # repeats with both this beta and beta = 0
-  diff_mean: float    # mean of (acc_beta - acc_0) over those repeats; nan for beta 0
+  diff_n: int         # repeats with both this row and the baseline
+  diff_mean: float    # mean of (acc_row - acc_baseline) over those repeats; nan for it
   diff_std: float
 
 
 def summarize(results: Sequence[Mapping[str, Any]], betas: Sequence[float] = BETAS
-              ) -> list[BetaSummary]:
-  by_beta = {float(b): {int(r["repeat"]): r for r in results if float(r["beta"]) == float(b)}
-             for b in betas}
-  base = by_beta.get(0.0, {})
-  out = []
-  for b in betas:
-    runs = by_beta[float(b)]
-    acc = mean_std([float(r["svc_accuracy"]) for r in runs.values()])
-    e0 = mean_std([float(r["svc_accuracy_epoch0"]) for r in runs.values()])
-    wall = sum(float(r.get("wall_time_s", 0.0)) for r in runs.values())
-    if float(b) == 0.0:
+              ) -> list[RowSummary]:
+  """The floor (each repeat's epoch-0 accuracy: it depends on the seed only),
+  then every row of ``table_rows(betas)``."""
+  by_row = {row.key: {int(r["repeat"]): r for r in results if r["row"] == row.key}
+            for row in table_rows(betas)}
+  base = {k: float(r["svc_accuracy"]) for k, r in by_row.get(BASELINE, {}).items()}
+  floor: dict[int, float] = {}
+  for r in results:
+    floor.setdefault(int(r["repeat"]), float(r["svc_accuracy_epoch0"]))
+
+  def summary(label, key, accs: Mapping[int, float], wall):
+    if key == BASELINE:
       diff, n_diff = (math.nan, math.nan), 0
     else:
-      paired = [float(runs[k]["svc_accuracy"]) - float(base[k]["svc_accuracy"])
-                for k in sorted(runs) if k in base]
+      paired = [accs[k] - base[k] for k in sorted(accs) if k in base]
       diff, n_diff = mean_std(paired), len(paired)
-    out.append(BetaSummary(float(b), len(runs), *acc, *e0, wall, n_diff, *diff))
+    return RowSummary(label, key, len(accs), *mean_std(list(accs.values())), wall, n_diff,
+                      *diff)
+
+  out = [summary(FLOOR, "epoch0", floor, math.nan)]
+  for row in table_rows(betas):
+    runs = by_row[row.key]
+    out.append(summary(row.label, row.key,
+                       {k: float(r["svc_accuracy"]) for k, r in runs.items()},
+                       sum(float(r.get("wall_time_s", 0.0)) for r in runs.values())))
   return out
 
 
@@ -164,22 +197,30 @@ def _pm(mean: float, std: float, signed: bool = False) -> str:
 def render_markdown(table: str, results: Sequence[Mapping[str, Any]], command: str, *,
                     repeats: int, betas: Sequence[float] = BETAS, epochs: int,
                     elapsed_s: float | None = None, png_name: str | None = None,
-                    rebuilt: bool = False) -> str:
+                    rebuilt: bool = False, cores: int | None = None) -> str:
   summaries = summarize(results, betas)
-  total = sum(s.wall_time_s for s in summaries)
+  total = sum(s.wall_time_s for s in summaries if not math.isnan(s.wall_time_s))
   name = TABLES[table]
   complete = all(s.n == repeats for s in summaries)
   lines = [
-      f"# Reproduction: InfoGraph + hard negatives (JSD_hard) on {name}",
+      f"# Reproduction: InfoGraph, debiased and hard negatives (JSD_hard) on {name}",
       "",
       "SVC accuracy (%) of the frozen graph embeddings, the published protocol "
       "(10-fold stratified CV, C grid-searched by inner 5-fold CV), after "
-      f"{epochs} epochs of pre-training, and of the same encoder at epoch 0 (random "
-      "initialisation). Mean ± sample standard deviation (n − 1) over repeats; repeat r "
-      "uses seed r for every beta (same data order, initial weights and SVC folds), and "
-      "the last column is the mean ± std over repeats of the paired difference "
-      "(accuracy at beta − accuracy at beta = 0 of the same repeat). tau+ = 0.5 "
-      "throughout, as in every published run.",
+      f"{epochs} epochs of pre-training. Mean ± sample standard deviation (n − 1) over "
+      "repeats; repeat r uses seed r for every row (same data order, initial weights and "
+      "SVC folds), and the paired-difference column is the mean ± std over repeats of "
+      "(accuracy of the row − accuracy of JSD_hard β = 0 in the same repeat).",
+      "",
+      "The rows: **untrained encoder** is the same GIN at epoch 0 (random "
+      "initialisation, scored in every run; it depends on the seed only), the floor "
+      "that pre-training has to beat. **InfoGraph (JSD)** is plain InfoGraph, the "
+      "published code's `measure='JSD'` (its deepinfomax.py: \"set measure='JSD_hard' "
+      "to use hard negative sampling and measure='JSD' otherwise\"). **JSD_hard β = 0 "
+      "is not plain InfoGraph**: with tau+ = 0.5 (every published run) it is the "
+      "debiased objective (the positive term gains −tau+/(1 − tau+)·softplus(p), the "
+      "negative term is divided by 1 − tau+), without hardening; β > 0 adds the "
+      "hard-negative weights. These are the published code's four betas.",
       "",
       "Made on this machine by:",
       "",
@@ -192,60 +233,68 @@ def render_markdown(table: str, results: Sequence[Mapping[str, Any]], command: s
       + ".",
       "",
   ]
+  if cores:
+    lines[-1:-1] = [
+        "",
+        f"The command could use {cores} CPU core{'s' if cores > 1 else ''} (its affinity; "
+        "XLA sizes its thread pool by it). The accuracies depend on that count (float "
+        "sums split differently): pin it, e.g. `taskset -c 0 python -m hcl_jax.reproduce "
+        "...` for one core, to get these numbers again."]
   if rebuilt:
     lines[-1:-1] = ["(This page was rebuilt from the runs' results.json with `--report-only`.)",
                     ""]
   if not complete:
-    lines += [f"**Partial table**: not every beta has its {repeats} repeats yet "
+    lines += [f"**Partial table**: not every row has its {repeats} repeats yet "
               "(column n); run the same command again to finish it.", ""]
   lines += [
-      "| beta | n | SVC accuracy | epoch-0 accuracy | paired diff. to beta 0 | wall time (s) |",
-      "|---|---|---|---|---|---|",
+      "| row | n | SVC accuracy | paired diff. to JSD_hard β = 0 | wall time (s) |",
+      "|---|---|---|---|---|",
   ]
   for s in summaries:
-    diff = "—" if s.beta == 0 else f"{_pm(s.diff_mean, s.diff_std, signed=True)} (n={s.diff_n})"
-    lines.append(f"| {s.beta:g} | {s.n}/{repeats} | {_pm(s.mean, s.std)} | "
-                 f"{_pm(s.epoch0_mean, s.epoch0_std)} | {diff} | {s.wall_time_s:,.0f} |")
+    diff = ("—" if s.key == BASELINE
+            else f"{_pm(s.diff_mean, s.diff_std, signed=True)} (n={s.diff_n})")
+    wall = "—" if math.isnan(s.wall_time_s) else f"{s.wall_time_s:,.0f}"
+    lines.append(f"| {s.label} | {s.n}/{repeats} | {_pm(s.mean, s.std)} | {diff} | {wall} |")
   if png_name:
-    lines += ["", f"![{name} SVC accuracy per beta]({png_name})"]
+    lines += ["", f"![{name} SVC accuracy per row]({png_name})"]
   lines += ["", "The paper shows its graph results as a bar chart only; no published "
             "figure is quoted here.", "", "## Runs", "",
-            "| repeat | beta | SVC accuracy | epoch 0 | wall time (s) |", "|---|---|---|---|---|"]
-  for r in sorted(results, key=lambda r: (r["repeat"], r["beta"])):
-    lines.append(f"| {r['repeat']} | {float(r['beta']):g} | {float(r['svc_accuracy']):.2f} | "
+            "| repeat | row | SVC accuracy | epoch 0 | wall time (s) |", "|---|---|---|---|---|"]
+  order = {row.key: i for i, row in enumerate(table_rows(betas))}
+  for r in sorted(results, key=lambda r: (r["repeat"], order.get(r["row"], len(order)))):
+    lines.append(f"| {r['repeat']} | {r['row']} | {float(r['svc_accuracy']):.2f} | "
                  f"{float(r['svc_accuracy_epoch0']):.2f} | {float(r['wall_time_s']):,.1f} |")
   return "\n".join(lines) + "\n"
 
 
 def plot_results(table: str, results: Sequence[Mapping[str, Any]], path,
                  betas: Sequence[float] = BETAS) -> None:
-  """Bars: mean ± std per beta (trained, epoch 0), dots: each repeat."""
+  """Bars: mean ± std per row (the untrained floor in grey), dots: each repeat."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
   summaries = summarize(results, betas)
-  fig = Figure(figsize=(7, 4.2), dpi=100)
+  fig = Figure(figsize=(8, 4.2), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
-  width = 0.38
   xs = list(range(len(summaries)))
   nz = lambda v: 0.0 if math.isnan(v) else v  # noqa: E731
-  ax.bar([x - width / 2 for x in xs], [nz(s.mean) for s in summaries], width,
-         yerr=[nz(s.std) for s in summaries], capsize=3, color="tab:blue",
-         label="after training")
-  ax.bar([x + width / 2 for x in xs], [nz(s.epoch0_mean) for s in summaries], width,
-         yerr=[nz(s.epoch0_std) for s in summaries], capsize=3, color="tab:gray",
-         label="epoch 0 (random init)")
-  for x, b in zip(xs, betas):
-    accs = [float(r["svc_accuracy"]) for r in results if float(r["beta"]) == float(b)]
-    ax.scatter([x - width / 2] * len(accs), accs, s=9, color="black", zorder=3)
-  ax.set_xticks(xs, [f"β = {s.beta:g}" for s in summaries])
+  colors = ["tab:gray", "tab:orange"] + ["tab:blue"] * (len(summaries) - 2)
+  ax.bar(xs, [nz(s.mean) for s in summaries], 0.6, yerr=[nz(s.std) for s in summaries],
+         capsize=3, color=colors)
+  for x, s in zip(xs, summaries):
+    if s.key == "epoch0":
+      accs = list({int(r["repeat"]): float(r["svc_accuracy_epoch0"]) for r in results}.values())
+    else:
+      accs = [float(r["svc_accuracy"]) for r in results if r["row"] == s.key]
+    ax.scatter([x] * len(accs), accs, s=9, color="black", zorder=3)
+  short = {"epoch0": "untrained\n(epoch 0)", INFOGRAPH.key: "InfoGraph\n(JSD)"}
+  ax.set_xticks(xs, [short.get(s.key, f"JSD_hard\nβ = {s.key[4:]}") for s in summaries])
   ax.set_ylabel("SVC accuracy (%)")
-  ax.set_title(f"{TABLES[table]}: InfoGraph + JSD_hard (mean ± std over repeats)")
-  shown = [v for s in summaries for v in (s.mean, s.epoch0_mean) if not math.isnan(v)]
+  ax.set_title(f"{TABLES[table]}: mean ± std over repeats, dots: repeats")
+  shown = [s.mean for s in summaries if not math.isnan(s.mean)]
   if shown:
     ax.set_ylim(max(0.0, min(shown) - 10.0), min(100.0, max(shown) + 6.0))
-  ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, format="png")
 
@@ -278,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--table", required=True, choices=sorted(TABLES))
   parser.add_argument("--repeats", type=positive_int_arg, default=REPEATS)
-  parser.add_argument("--betas", type=_betas, default=BETAS, help="default 0,1,2,10")
+  parser.add_argument("--betas", type=_betas, default=BETAS,
+                      help="the JSD_hard rows (default 0,1,2,10; must include 0, the "
+                      "baseline); the InfoGraph row is always there")
   parser.add_argument("--epochs", type=positive_int_arg, default=None,
                       help="override config.num_epochs (quick checks)")
   parser.add_argument("--data-dir", default=None,
@@ -305,7 +356,9 @@ def main(argv: Sequence[str], out=None) -> int:
 
   if args.dry_run:
     counts = {s: sum(r.status == s for r in runs) for s in ("done", "resume", "new")}
-    print(f"# table {args.table} ({TABLES[args.table]}): {len(args.betas)} betas x "
+    rows = table_rows(args.betas)
+    print(f"# table {args.table} ({TABLES[args.table]}): {len(rows)} rows (InfoGraph; "
+          f"JSD_hard beta {', '.join(f'{b:g}' for b in args.betas)}) x "
           f"{args.repeats} repeats = {len(runs)} runs ({counts['done']} done: skipped, "
           f"{counts['resume']} to resume, {counts['new']} to start), {epochs} epochs each",
           file=out)
@@ -313,7 +366,7 @@ def main(argv: Sequence[str], out=None) -> int:
       print(f"# needs --data-dir: {TABLES[args.table]} is not bundled (only MUTAG ships "
             "with grakel)", file=out)
     for run in runs:
-      print(f"# {run.status:6s} beta {run.beta:g} repeat {run.repeat}: {run.workdir}", file=out)
+      print(f"# {run.status:6s} {run.row.key} repeat {run.repeat}: {run.workdir}", file=out)
       if run.status != "done":
         print(shlex.join(run.command(args.epochs, args.data_dir)), file=out)
     return 0
@@ -331,17 +384,19 @@ def main(argv: Sequence[str], out=None) -> int:
         continue
       run_config = load_config(args.table)
       run_config.seed, run_config.loss.beta = run.repeat, run.beta
+      run_config.loss.measure = run.row.measure
       run_config.num_epochs, run_config.progress = epochs, progress
       if args.data_dir:
         run_config.data_dir = args.data_dir
-      print(f"[reproduce] run {i}/{len(runs)} beta {run.beta:g} repeat {run.repeat} "
+      print(f"[reproduce] run {i}/{len(runs)} {run.row.key} repeat {run.repeat} "
             f"({run.status}): {run.workdir}", file=sys.stderr, flush=True)
       result = train.train_and_evaluate(run_config, str(run.workdir), dataset=dataset)
-      print(f"[reproduce] beta {run.beta:g} repeat {run.repeat}: SVC "
+      print(f"[reproduce] {run.row.key} repeat {run.repeat}: SVC "
             f"{result['svc_accuracy']:.2f}% (epoch 0: {result['svc_accuracy_epoch0']:.2f}%), "
             f"{result['wall_time_s']:.0f} s; {time.time() - start:.0f} s so far",
             file=sys.stderr, flush=True)
     report_kw["elapsed_s"] = time.time() - start
+    report_kw["cores"] = len(os.sched_getaffinity(0))
   else:
     report_kw["rebuilt"] = True
 
