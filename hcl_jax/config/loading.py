@@ -45,8 +45,10 @@ def resolve_config_path(path: str) -> str:
                     f"{', '.join(shipped) or 'none'}).")
 
 
-def base_config() -> Any:
-  """``configs/base.py``'s config: every key of an image config with its default.
+def base_config(kind: str = "image") -> Any:
+  """``configs/base.py``'s config: every key of an image config (``kind``
+  "image": its ``get_config()``) or a graph config ("graph": ``graph_config()``)
+  with its default.
 
   The schema, and what the image configs start from. Always the shipped file
   (``hcl_jax/configs`` in a wheel, else the source tree's ``configs/``),
@@ -61,7 +63,7 @@ def base_config() -> Any:
   spec = importlib.util.spec_from_file_location("hcl_jax_configs_base", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.graph_config() if kind == "graph" else module.get_config()
 
 
 def _schema() -> Any:
