@@ -156,7 +156,8 @@ def test_sigterm_saves_exits_75_and_the_rerun_ends_as_a_straight_run(straight, t
   assert "Traceback" not in output
   stop = _steps_on_disk(workdir)[-1]
   assert f"SIGTERM received: checkpoint {stop} saved, exiting." in output, output[-3000:]
-  assert stop < _EPOCHS * _STEPS_PER_EPOCH and not os.path.exists(os.path.join(workdir, "results.json"))
+  assert stop < _EPOCHS * _STEPS_PER_EPOCH
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
   # Every epoch the stop's checkpoint covers has its line (flushed with it).
   assert [m["epoch"] for m in _metrics(workdir)] == list(range(1, stop // _STEPS_PER_EPOCH + 1))
   assert not os.path.exists(os.path.join(workdir, "run.lock"))
