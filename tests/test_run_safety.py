@@ -30,6 +30,7 @@ from support import data_dir, fake_eval  # noqa: E402,F401  (fixtures)
 from hcl_jax.train import divergence  # noqa: E402
 from hcl_jax.evaluation import protocol as evaluate  # noqa: E402
 from hcl_jax import evaluate as evaluate_cli  # noqa: E402
+from hcl_jax.run import lifecycle  # noqa: E402
 from hcl_jax import main as main_lib  # noqa: E402
 from hcl_jax.run import guard as run_guard  # noqa: E402
 from hcl_jax.run.checkpointing import IncompatibleCheckpoint  # noqa: E402
@@ -476,7 +477,7 @@ def test_checkpoint_past_the_configs_end_is_refused_in_one_line(tmp_path):
   from hcl_jax.run.checkpointing import Restored
   config = support.digits_config()
   with pytest.raises(run_guard.RunError) as err:
-    main_lib._check_resumable(Restored(44, None, {}), 22, 8, config, str(tmp_path))
+    lifecycle.check_resumable(Restored(44, None, {}), 22, 8, config, str(tmp_path))
   message = str(err.value)
   assert "checkpoint 44" in message and "22 steps" in message and "num_epochs" in message
   assert "\n" not in message
@@ -485,8 +486,8 @@ def test_checkpoint_past_the_configs_end_is_refused_in_one_line(tmp_path):
 def test_resuming_on_another_device_count_prints_one_note(tmp_path, capsys):
   from hcl_jax.run.checkpointing import Restored
   config = support.digits_config()
-  main_lib._check_resumable(Restored(10, None, {"num_devices": 8}), 22, 8, config, "w")
+  lifecycle.check_resumable(Restored(10, None, {"num_devices": 8}), 22, 8, config, "w")
   assert capsys.readouterr().out == ""
-  main_lib._check_resumable(Restored(10, None, {"num_devices": 8}), 22, 4, config, "w")
+  lifecycle.check_resumable(Restored(10, None, {"num_devices": 8}), 22, 4, config, "w")
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 1 and "saved on 8 device(s); resuming on 4" in lines[0]

@@ -8,29 +8,38 @@ at the end (the stored result). The workdir gets ``checkpoints/`` (orbax, via
 hcl_jax.run.checkpointing), ``metrics.jsonl`` (+ TensorBoard, progress bar, via
 hcl_jax.run.metrics_log), ``config.json`` and, at the end, ``results.json``.
 Started again with the same workdir a run resumes from its latest checkpoint
-(the SVC scores so far travel in the checkpoint's JSON) and ends as one that
-went straight through; a finished run returns its results.json.
+(the SVC scores so far, and a stopped epoch's loss sum, travel in the
+checkpoint's JSON) and ends as one that went straight through; a finished
+run returns its results.json. Around its steps a graph run lives as an image
+run does (``hcl_jax.run.lifecycle``): the workdir's lock, ``IDENTITY_KEYS``
+stored in every checkpoint and a changed one refused, SIGTERM / SIGINT save
+and stop (the command line exits 75 / 130), metrics.jsonl flushed with every
+checkpoint, the checkpoints' integrity rules, wall time over attempts.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
-from etils import epath
 
+from hcl_jax.run import lifecycle
 from hcl_jax.graph import evaluate_svc
 from hcl_jax.graph import losses
 from hcl_jax.graph import model as model_lib
 from hcl_jax.graph import tu_data
 from hcl_jax.graph.config import DATASETS
 
-RESULTS_FILE = "results.json"
+# The config keys that make two graph runs different experiments (a prefix
+# covers the keys below it): stored in every checkpoint, and a rerun with
+# others refuses (``hcl_jax.run.lifecycle``). Free to change: num_epochs,
+# data_dir, evaluation, checkpointing and display settings.
+IDENTITY_KEYS = ("dataset", "batch_size", "seed", "hidden_dim", "num_layers", "learning_rate",
+                 "loss")
+RUN_KIND = lifecycle.RunKind("graph", IDENTITY_KEYS, keeps_results=True)
 
 
 def validate_config(config: Any) -> None:
@@ -101,31 +110,45 @@ def make_embed(hidden_dim: int, num_layers: int) -> Callable:
                                                       method=model_lib.InfoGraph.embed))
 
 
-def _read_results(workdir: epath.Path) -> dict[str, Any] | None:
-  path = workdir / RESULTS_FILE
-  return json.loads(path.read_text()) if path.exists() else None
-
-
 def train_and_evaluate(config: Any, workdir: str, *,
-                       dataset: tu_data.GraphDataset | None = None) -> dict[str, Any]:
-  """Runs (or resumes, or returns the finished) run; returns results.json's dict."""
-  from hcl_jax.run.checkpointing import Checkpointer
-  from hcl_jax.run.metrics_log import MetricLogger
+                       dataset: tu_data.GraphDataset | None = None,
+                       allow_config_change: bool = False) -> dict[str, Any]:
+  """Runs (or resumes, or returns the finished) run; returns results.json's
+  dict, or ``{"stopped_at_step", "signal"}`` when SIGTERM / SIGINT stopped it
+  after a checkpoint (``hcl_jax.run.lifecycle.exit_code``: 75 / 130).
+
+  Holds ``workdir``'s lock throughout; refuses checkpoints of another
+  ``IDENTITY_KEYS`` unless ``allow_config_change`` (``hcl_jax.run.lifecycle``).
+  """
+  from hcl_jax.run import guard as run_guard
 
   validate_config(config)
-  workdir_path = epath.Path(workdir)
-  done = _read_results(workdir_path)
-  if done is not None:
-    return done
-  start_time = time.time()
+  if jax.process_count() > 1:
+    raise run_guard.RunError(f"graph runs use one process; this is one of {jax.process_count()}.")
+  with run_guard.hold_workdir(workdir, is_main=True) as lock:
+    return _train_and_evaluate(config, workdir, lock, dataset, allow_config_change)
+
+
+def _train_and_evaluate(config: Any, workdir: str, lock: Any,
+                        dataset: tu_data.GraphDataset | None,
+                        allow_config_change: bool) -> dict[str, Any]:
+  from hcl_jax.run import lifecycle
+  from hcl_jax.run.metrics_log import MetricLogger
+
   if dataset is None:
     dataset = tu_data.load_tu_dataset(config.dataset, config.data_dir or None)
   order = tu_data.shuffled_order(len(dataset), config.seed)
   batches = tu_data.make_batches(dataset, order, config.batch_size, shapes="two")
   steps_per_epoch = len(batches)
   graphs_per_step = [b.num_graphs for b in batches]
-  batches = [jax.device_put(b) for b in batches]   # once: every epoch reuses them
   total_steps = config.num_epochs * steps_per_epoch
+  run = lifecycle.Run(RUN_KIND, config, workdir, lock, keep=config.keep_checkpoints,
+                      save_every_steps=config.checkpoint_every_epochs * steps_per_epoch,
+                      allow_config_change=allow_config_change)
+  done = run.finished_results(total_steps)
+  if done is not None:
+    return done
+  batches = [jax.device_put(b) for b in batches]   # once: every epoch reuses them
 
   model = model_lib.InfoGraph(config.hidden_dim, config.num_layers)
   tx = optax.adam(config.learning_rate)
@@ -142,31 +165,26 @@ def train_and_evaluate(config: Any, workdir: str, *,
     return evaluate_svc.svc_accuracy(x, y, seed=config.seed * 1000 + epoch,
                                      folds=config.svc_folds, inner_folds=config.svc_inner_folds)
 
-  ckpt = Checkpointer(workdir_path / "checkpoints", keep=config.keep_checkpoints,
-                      save_every_steps=config.checkpoint_every_epochs * steps_per_epoch)
-  start_step, svc, elapsed_before = 0, {}, 0.0
-  restored = ckpt.restore_latest(state)
+  # The SVC scores so far, and the loss sum of a stop's unfinished epoch.
+  svc, epoch_loss = {}, 0.0
+  restored = run.resume(state, total_steps)
+  start_step = run.start_step
   if restored is not None:
-    start_step, state, extra = restored
-    svc = dict(extra["svc"])
-    elapsed_before = float(extra.get("elapsed_s", 0.0))
-  logger = MetricLogger(str(workdir_path), total_steps=total_steps, config=config,
-                        start_step=start_step,
+    state = restored.state
+    svc = dict(restored.extra["svc"])
+    epoch_loss = float(restored.extra.get("epoch_loss", 0.0))
+  logger = MetricLogger(workdir, total_steps=total_steps, config=config, start_step=start_step,
                         tensorboard=config.tensorboard, progress=config.progress)
-  try:
-    if start_step:
-      logger.write(f"Resuming from checkpoint {start_step} in {workdir}.")
-    else:
-      logger.write(f"InfoGraph {config.loss.measure} beta={beta:g} on {config.dataset} "
-                   f"({len(dataset)} graphs, {dataset.num_features} features, "
-                   f"{dataset.feature_kind}): {config.num_epochs} epochs x {steps_per_epoch} "
-                   f"batches of {config.batch_size} graphs, seed {config.seed}.")
+  if not start_step:
+    logger.write(f"InfoGraph {config.loss.measure} beta={beta:g} on {config.dataset} "
+                 f"({len(dataset)} graphs, {dataset.num_features} features, "
+                 f"{dataset.feature_kind}): {config.num_epochs} epochs x {steps_per_epoch} "
+                 f"batches of {config.batch_size} graphs, seed {config.seed}.")
+  with run.training(logger):
     if "0" not in svc:
       svc["0"] = evaluate(state, 0)
       logger.write(f"SVC accuracy at epoch 0: {svc['0']:.2f}%")
-
     beta_arg = jnp.float32(beta)
-    epoch_loss, step = 0.0, start_step
     for step in range(start_step + 1, total_steps + 1):
       batch = batches[(step - 1) % steps_per_epoch]
       state, loss = train_step(state, batch, beta_arg)
@@ -179,25 +197,19 @@ def train_and_evaluate(config: Any, workdir: str, *,
           svc[str(epoch)] = record["svc_accuracy"] = evaluate(state, epoch)
         logger.log(step, record)
         epoch_loss = 0.0
-        ckpt.maybe_save(step, state, {"svc": svc, "elapsed_s": elapsed_before + time.time()
-                                      - start_time}, force=step == total_steps)
-  except BaseException:
-    logger.close()
-    raise
-  finally:
-    # Also on an exception (Ctrl-C, a crash): the save in flight is finished,
-    # so a run started again finds it.
-    ckpt.close()
+      if run.end_of_step(step, state, {"svc": svc, "epoch_loss": epoch_loss}):
+        break
+  stopped = run.training_ended()
+  if stopped is not None:
+    return stopped
   final_epoch = str(config.num_epochs)
-  results = {
+  results = run.write_results({
       "dataset": config.dataset, "measure": config.loss.measure, "beta": beta,
       "tau_plus": float(config.loss.tau_plus), "mask_mode": config.loss.mask_mode,
       "seed": config.seed, "epochs": config.num_epochs, "steps": total_steps,
       "svc_accuracy": svc[final_epoch], "svc_accuracy_epoch0": svc["0"],
       "svc_accuracy_by_epoch": svc,
-      "wall_time_s": round(elapsed_before + time.time() - start_time, 1),
-  }
-  (workdir_path / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+  })
   logger.write(f"SVC accuracy: {svc[final_epoch]:.2f}% after {config.num_epochs} epochs "
                f"vs {svc['0']:.2f}% at epoch 0 ({results['wall_time_s']:.0f} s).")
   logger.close()

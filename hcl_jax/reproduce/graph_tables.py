@@ -373,6 +373,7 @@ def main(argv: Sequence[str], out=None) -> int:
 
   if not args.report_only:
     from hcl_jax.graph import train
+    from hcl_jax.run import lifecycle
     from hcl_jax.graph import tu_data
 
     start = time.time()
@@ -391,6 +392,11 @@ def main(argv: Sequence[str], out=None) -> int:
       print(f"[reproduce] run {i}/{len(runs)} {run.row.key} repeat {run.repeat} "
             f"({run.status}): {run.workdir}", file=sys.stderr, flush=True)
       result = train.train_and_evaluate(run_config, str(run.workdir), dataset=dataset)
+      if "stopped_at_step" in result:  # SIGTERM / Ctrl-C: saved; the same command resumes
+        print(f"[reproduce] {run.row.key} repeat {run.repeat} stopped by {result['signal']} "
+              f"at step {result['stopped_at_step']} (saved); run the same command to go on.",
+              file=sys.stderr, flush=True)
+        return lifecycle.exit_code(result)
       print(f"[reproduce] {run.row.key} repeat {run.repeat}: SVC "
             f"{result['svc_accuracy']:.2f}% (epoch 0: {result['svc_accuracy_epoch0']:.2f}%), "
             f"{result['wall_time_s']:.0f} s; {time.time() - start:.0f} s so far",

@@ -30,6 +30,24 @@ from hcl_jax.run.process_log import ProcessLog
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 
 
+def define_run_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
+  """``--config`` and ``--allow_config_change`` of the training command lines
+  (``hcl_jax.main``, ``hcl_jax.graph.main``): defined by the first caller,
+  the same flags for the next (the two modules can share a process)."""
+  from ml_collections import config_flags
+
+  if "config" not in flags.FLAGS:
+    config_flags.DEFINE_config_file(
+        "config", None, "The experiment's config file: configs/digits.py, "
+        "configs/paper.py:dataset=D,method=M, configs/graph.py:dataset=NAME.")
+    flags.DEFINE_bool(
+        "allow_config_change", False,
+        "Resume even though the config's identity (the model, loss, batch size, seed, ...; "
+        "never the epochs) differs from the checkpoints'.")
+  return (flags.FlagHolder(flags.FLAGS, flags.FLAGS["config"]),
+          flags.FlagHolder(flags.FLAGS, flags.FLAGS["allow_config_change"]))
+
+
 def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],
         phase: str = "start-up") -> NoReturn:
   """Runs ``work(config())`` as a command-line entry point; exits with its code.

@@ -8,10 +8,12 @@
   can't be checked from here, so it is never broken automatically: the
   message says which file to delete once that job is known to be dead.
 - Run identity (``run_identity``, ``check_identity``): the settings that make
-  two runs different experiments (dataset, image size, model, loss,
-  optimizer, batch size, seed, augmentation, data order) are stored in every
-  checkpoint; resuming with a different identity refuses with a one-line
-  diff before anything is read, renamed or overwritten. More epochs (and
+  two runs different experiments (an image run's ``IDENTITY_KEYS``: dataset,
+  image size, model, loss, optimizer, batch size, seed, augmentation, data
+  order; a graph run's ``hcl_jax.graph.train.IDENTITY_KEYS``) are stored in
+  every checkpoint (``hcl_jax.run.lifecycle``); resuming with a different
+  identity refuses with a one-line diff before anything is read, renamed or
+  overwritten. More epochs (and
   logging, checkpointing and evaluation settings) are not identity.
 - ``Attempts``: every start of the run is recorded in
   ``<workdir>/attempts.json``, so ``wall_time_s`` adds up all attempts.
@@ -243,10 +245,12 @@ def _flatten(prefix: str, value: Any, out: dict) -> None:
     out[prefix] = value
 
 
-def run_identity(config: Any) -> dict[str, Any]:
-  """The config's identity: a flat, JSON-able ``{"loss.beta": 1.0, ...}``."""
+def run_identity(config: Any, keys: tuple[str, ...] = IDENTITY_KEYS) -> dict[str, Any]:
+  """The config's identity: a flat, JSON-able ``{"loss.beta": 1.0, ...}`` of
+  ``keys`` (an image run's ``IDENTITY_KEYS`` by default; a graph run's are
+  ``hcl_jax.graph.train.IDENTITY_KEYS``)."""
   out: dict[str, Any] = {}
-  for key in IDENTITY_KEYS:
+  for key in keys:
     _flatten(key, _lookup(config, key), out)
   # JSON round trip: what is stored is what is compared (tuples -> lists).
   return json.loads(json.dumps(out, default=str))
@@ -262,11 +266,12 @@ def identity_diff(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list
   return diffs
 
 
-def identity_from_config_json(workdir: str | os.PathLike) -> dict[str, Any] | None:
-  """The identity of the config a previous run saved in ``workdir``, if any."""
+def identity_from_config_json(workdir: str | os.PathLike,
+                              keys: tuple[str, ...] = IDENTITY_KEYS) -> dict[str, Any] | None:
+  """The identity (of ``keys``) of the config a previous run saved in ``workdir``, if any."""
   path = epath.Path(workdir) / CONFIG_JSON
   try:
-    return run_identity(json.loads(path.read_text()))
+    return run_identity(json.loads(path.read_text()), keys)
   except FileNotFoundError:
     return None
   except (ValueError, UnicodeDecodeError):
