@@ -35,7 +35,7 @@ from hcl_jax.config import registry
 from hcl_jax.run import files
 from hcl_jax.run import workdir_fs
 from hcl_jax.run import guard as run_guard
-from hcl_jax.run.guard import RunError
+from hcl_jax.run.errors import RunError
 
 EVALUATIONS_KEY = "evaluations"
 

@@ -14,7 +14,7 @@ workdir may be local or ``gs://...`` (``hcl_jax.run.workdir_fs``). Started again
 with the same workdir, the run resumes from its latest readable checkpoint
 (state, step and data position) and ends exactly as a run that went
 straight through. SIGTERM (a preemption) during training saves and exits 75,
-"retry" (``run_guard.EXIT_RETRYABLE``: schedulers restart on it), Ctrl-C
+"retry" (``files.EXIT_RETRYABLE``: schedulers restart on it), Ctrl-C
 (SIGINT) saves and exits 130 (a second Ctrl-C exits at once). Either signal
 before or after training (start-up, evaluation) exits 75 with one line; the
 rerun resumes. With several processes every process exits so, after the
@@ -162,7 +162,7 @@ def _train_and_evaluate(config: Any, workdir: str, mesh: Any, lock: Any, *,
   finally:
     profiler.close()  # however training ended: the trace so far is kept
     # Stops and joins the prefetch thread now, however training ended, while
-    # the interpreter is whole, not in its teardown (see run_guard.exit_now).
+    # the interpreter is whole, not in its teardown (see run_errors.exit_now).
     batches.close()
   stopped = run.training_ended()
   if stopped is not None:

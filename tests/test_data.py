@@ -380,9 +380,9 @@ def test_shard_with_fewer_records_than_its_metadata_is_named(tmp_path):
 
 def test_not_prepared_dataset_is_one_line_through_the_entry_point(tmp_path, capsys):
   """DatasetNotPreparedError is an OSError without strerror: one line, exit 1."""
-  from hcl_jax.run import guard as run_guard
+  from hcl_jax.run import errors as run_errors
   with pytest.raises(SystemExit) as exit_info:
-    with run_guard.one_line_errors(str(tmp_path)):
+    with run_errors.one_line_errors(str(tmp_path)):
       raise DatasetNotPreparedError(sources.not_prepared_message("cifar10", "/x", "/x/cifar10"))
   assert exit_info.value.code == 1
   err = capsys.readouterr().err.strip().splitlines()

@@ -11,7 +11,7 @@ the teardown, and buffers were being freed on XLA's threads. Measured with
 the code before the fix (5a178ba), 3 tiny complete runs at a time on 2
 cores: 2 aborts in 32 runs; alone, 0 in 24.
 
-``run_guard.exit_now`` ends the process with ``os._exit`` once everything is
+``run_errors.exit_now`` ends the process with ``os._exit`` once everything is
 written, so no thread ever meets a finalising interpreter.
 
 - ``test_exit_0_with_a_thread_inside_jax_at_exit`` makes the race certain:

@@ -24,6 +24,9 @@ from hcl_jax.distributed import mesh as mesh_lib
 from hcl_jax import models
 from hcl_jax.train import optim
 from hcl_jax.run import guard as run_guard
+from hcl_jax.run import errors as run_errors
+from hcl_jax.run import files
+from hcl_jax.run import identity as identity_lib
 from hcl_jax.train import step as ts
 
 
@@ -33,7 +36,7 @@ from hcl_jax.train import step as ts
 def _write_lock(workdir, **record):
   record = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
             "started": "2026-01-02T03:04:05+00:00", **record}
-  (workdir / run_guard.LOCK_FILE).write_text(json.dumps(record))
+  (workdir / files.LOCK_FILE).write_text(json.dumps(record))
   return record
 
 
@@ -45,7 +48,7 @@ def _dead_pid():
 
 def test_lock_is_exclusive_and_released(tmp_path):
   with run_guard.WorkdirLock(tmp_path) as lock:
-    held = json.loads((tmp_path / run_guard.LOCK_FILE).read_text())
+    held = json.loads((tmp_path / files.LOCK_FILE).read_text())
     assert (held["host"], held["pid"]) == (socket.gethostname(), os.getpid())
     with pytest.raises(run_guard.WorkdirLocked) as err:
       run_guard.WorkdirLock(tmp_path).acquire()
@@ -53,7 +56,7 @@ def test_lock_is_exclusive_and_released(tmp_path):
     assert f"pid {os.getpid()}" in message and held["started"] in message
     assert repr(socket.gethostname()) in message and "\n" not in message
     assert lock.took_over is None
-  assert not (tmp_path / run_guard.LOCK_FILE).exists()
+  assert not (tmp_path / files.LOCK_FILE).exists()
 
 
 def test_lock_of_a_live_process_is_not_taken_over(tmp_path):
@@ -73,7 +76,7 @@ def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path):
   lock = run_guard.WorkdirLock(tmp_path).acquire()
   assert lock.took_over["pid"] == pid
   assert f"pid {pid}" in lock.stale_message() and "gone" in lock.stale_message()
-  assert json.loads((tmp_path / run_guard.LOCK_FILE).read_text())["pid"] == os.getpid()
+  assert json.loads((tmp_path / files.LOCK_FILE).read_text())["pid"] == os.getpid()
   lock.release()
 
 
@@ -90,7 +93,7 @@ def test_lock_of_another_host_is_never_broken(tmp_path):
 
 
 def test_garbled_lock_is_taken_over(tmp_path):
-  (tmp_path / run_guard.LOCK_FILE).write_text('{"host": "vm", "pi')  # killed mid-write
+  (tmp_path / files.LOCK_FILE).write_text('{"host": "vm", "pi')  # killed mid-write
   assert run_guard.WorkdirLock(tmp_path).acquire().took_over == {}
 
 
@@ -101,33 +104,33 @@ def test_identity_covers_the_experiment_not_the_schedule():
   a, b = get_config(), get_config()
   b.num_epochs, b.log_every_steps, b.checkpoint_every_steps = 999, 7, 3
   b.eval.linear_epochs, b.data_dir, b.on_nonfinite = 1, "/elsewhere", "skip"
-  assert run_guard.run_identity(a) == run_guard.run_identity(b)
+  assert identity_lib.run_identity(a) == identity_lib.run_identity(b)
   b.batch_size, b.loss.beta, b.model.name = 32, 2.0, "resnet34"
-  assert run_guard.identity_diff(run_guard.run_identity(a), run_guard.run_identity(b)) == [
+  assert identity_lib.identity_diff(identity_lib.run_identity(a), identity_lib.run_identity(b)) == [
       "batch_size: 256 -> 32", "loss.beta: 1.0 -> 2.0", "model.name: 'resnet18' -> 'resnet34'"]
   for key in ("dataset", "seed", "image_size", "optimizer.learning_rate", "data.shuffle_buffer",
               "augment.flip_prob", "loss.temperature", "mixed_precision"):
-    assert key in run_guard.run_identity(a), key
+    assert key in identity_lib.run_identity(a), key
 
 
 def test_identity_mismatch_is_one_line_with_the_override():
-  stored = run_guard.run_identity(get_config())
+  stored = identity_lib.run_identity(get_config())
   changed = get_config()
   changed.seed = 3
-  with pytest.raises(run_guard.IdentityMismatch) as err:
-    run_guard.check_identity(stored, run_guard.run_identity(changed), where="checkpoint 13",
+  with pytest.raises(identity_lib.IdentityMismatch) as err:
+    identity_lib.check_identity(stored, identity_lib.run_identity(changed), where="checkpoint 13",
                              allow_change=False)
   assert "seed: 0 -> 3" in str(err.value) and "--allow_config_change" in str(err.value)
   assert "\n" not in str(err.value)
-  assert run_guard.check_identity(stored, run_guard.run_identity(changed), where="x",
+  assert identity_lib.check_identity(stored, identity_lib.run_identity(changed), where="x",
                                   allow_change=True) == ["seed: 0 -> 3"]
 
 
 def test_identity_from_a_saved_config_json(tmp_path):
   config = get_config()
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  assert run_guard.identity_from_config_json(tmp_path) == run_guard.run_identity(config)
-  assert run_guard.identity_from_config_json(tmp_path / "nothing") is None
+  assert identity_lib.identity_from_config_json(tmp_path) == identity_lib.run_identity(config)
+  assert identity_lib.identity_from_config_json(tmp_path / "nothing") is None
 
 
 # -------------------------------------------------------------------- attempts
@@ -135,11 +138,11 @@ def test_identity_from_a_saved_config_json(tmp_path):
 
 def test_wall_time_sums_every_attempt(tmp_path):
   previous = [{"start": 100.0, "last_seen": 160.0}, {"start": 500.0, "last_seen": 530.5}]
-  (tmp_path / run_guard.ATTEMPTS_FILE).write_text(json.dumps(previous))
+  (tmp_path / files.ATTEMPTS_FILE).write_text(json.dumps(previous))
   attempts = run_guard.Attempts(tmp_path)
   assert attempts.count == 3
   assert attempts.wall_time_s(now=attempts.start + 9.5) == pytest.approx(60 + 30.5 + 9.5)
-  saved = json.loads((tmp_path / run_guard.ATTEMPTS_FILE).read_text())
+  saved = json.loads((tmp_path / files.ATTEMPTS_FILE).read_text())
   assert saved[:2] == previous and saved[2]["pid"] == os.getpid()
 
 
@@ -148,13 +151,13 @@ def test_wall_time_sums_every_attempt(tmp_path):
 
 def test_workdir_that_is_a_file_is_one_line(tmp_path):
   (tmp_path / "file").write_text("x")
-  with pytest.raises(run_guard.RunError, match="file: exists and is not a directory"):
+  with pytest.raises(run_errors.RunError, match="file: exists and is not a directory"):
     with run_guard.hold_workdir(tmp_path / "file", is_main=True):
       pass
   with pytest.raises(NotADirectoryError) as err:
     with run_guard.hold_workdir(tmp_path / "file" / "sub", is_main=True):
       pass
-  assert run_guard.os_error_line(err.value) == f"{tmp_path / 'file' / 'sub'}: Not a directory"
+  assert run_errors.os_error_line(err.value) == f"{tmp_path / 'file' / 'sub'}: Not a directory"
 
 
 def test_os_error_found_in_a_wrapped_exception_is_one_line(tmp_path, capsys):
@@ -165,7 +168,7 @@ def test_os_error_found_in_a_wrapped_exception_is_one_line(tmp_path, capsys):
       raise RuntimeError("async save failed") from e
 
   with pytest.raises(SystemExit) as exit_info:
-    with run_guard.one_line_errors(tmp_path):
+    with run_errors.one_line_errors(tmp_path):
       fail()
   assert exit_info.value.code == 1
   assert capsys.readouterr().err == f"error: {tmp_path / 'ckpt'}: No space left on device\n"
@@ -281,7 +284,7 @@ def test_exit_now_flushes_and_skips_the_teardown(tmp_path):
       "keep = Crash()\n"
       "print('buffered line', end='')\n"
       "sys.stderr.write('buffered err')\n"
-      "run_guard.exit_now(7)\n")
+      "run_errors.exit_now(7)\n")
   proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                         timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd()))
   assert proc.returncode == 7
@@ -293,7 +296,7 @@ def test_tensorstore_disk_full_error_is_one_line(capsys):
              'state/_sharding": Failed writing: "/w/x.__lock": Failed to write 46104 bytes to '
              "file 12: No space left on device [os_error_code='28']")
   with pytest.raises(SystemExit):
-    with run_guard.one_line_errors("/w"):
+    with run_errors.one_line_errors("/w"):
       raise ValueError(message)
   assert capsys.readouterr().err == (
       "error: /w/checkpoints/6.orbax-checkpoint-tmp/state/_sharding: No space left on device\n")

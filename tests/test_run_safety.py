@@ -33,6 +33,9 @@ from hcl_jax import evaluate as evaluate_cli  # noqa: E402
 from hcl_jax.run import lifecycle  # noqa: E402
 from hcl_jax import main as main_lib  # noqa: E402
 from hcl_jax.run import guard as run_guard  # noqa: E402
+from hcl_jax.run import errors as run_errors
+from hcl_jax.run import files
+from hcl_jax.run import identity as identity_lib
 from hcl_jax.run.checkpointing import IncompatibleCheckpoint  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,7 +163,7 @@ def finished_run(data_dir, tmp_path_factory):
     results = main_lib.train_and_evaluate(_config(data_dir), workdir)
   finally:
     evaluate.evaluate_encoder = original
-  assert not os.path.exists(os.path.join(workdir, run_guard.LOCK_FILE))  # released
+  assert not os.path.exists(os.path.join(workdir, files.LOCK_FILE))  # released
   return workdir, results
 
 
@@ -188,7 +191,7 @@ def test_diverging_run_stops_keeps_good_checkpoints_and_writes_no_results(
   assert steps and max(steps) < bad_step, (steps, bad_step)  # nothing saved from then on
   assert all(_checkpoint_leaves_finite(workdir, s) for s in steps)
   assert not os.path.exists(os.path.join(workdir, "results.json"))
-  assert not os.path.exists(os.path.join(workdir, run_guard.LOCK_FILE))
+  assert not os.path.exists(os.path.join(workdir, files.LOCK_FILE))
 
 
 def test_skip_mode_drops_nonfinite_updates_and_counts_them(data_dir, tmp_path, fake_eval):
@@ -215,7 +218,7 @@ def test_changed_config_refuses_and_touches_nothing(finished_run, data_dir, tmp_
                                                     value, diff, fake_eval):
   workdir = _copy(finished_run, tmp_path)
   before = _snapshot(workdir)
-  with pytest.raises(run_guard.IdentityMismatch) as err:
+  with pytest.raises(identity_lib.IdentityMismatch) as err:
     main_lib.train_and_evaluate(_config(data_dir, **{key.replace(".", "__"): value}), workdir)
   assert diff in str(err.value) and "--allow_config_change" in str(err.value)
   assert f"checkpoint {_STEPS} " in str(err.value)
@@ -251,7 +254,7 @@ def test_second_run_refuses_while_the_first_holds_the_workdir(finished_run, data
   workdir = _copy(finished_run, tmp_path)
   holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
   try:
-    (tmp_path / "copy" / run_guard.LOCK_FILE).write_text(json.dumps(
+    (tmp_path / "copy" / files.LOCK_FILE).write_text(json.dumps(
         {"host": os.uname().nodename, "pid": holder.pid, "time": time.time(),
          "started": "2026-12-01T07:00:00+00:00"}))
     before = _snapshot(workdir)
@@ -274,7 +277,7 @@ def test_rerun_sums_wall_time_over_attempts(finished_run, data_dir, tmp_path, fa
   assert first["attempts"] == 1
   results = main_lib.train_and_evaluate(_config(data_dir), workdir)  # nothing left to train
   assert results["attempts"] == 2
-  with open(os.path.join(workdir, run_guard.ATTEMPTS_FILE)) as f:
+  with open(os.path.join(workdir, files.ATTEMPTS_FILE)) as f:
     attempts = json.load(f)
   earlier = attempts[0]["last_seen"] - attempts[0]["start"]
   # The finished attempt counts whole, its evaluation included: the rerun's
@@ -326,13 +329,13 @@ def test_sigterm_in_startup_and_evaluation_is_retryable_and_rerun_completes(
   # Start-up: the lock exists once the backend is up; the state is not built yet.
   workdir = str(tmp_path / "startup")
   proc = _launch(_cli_args(data_dir, workdir), tmp_path / "startup.log")
-  _wait_for(proc, lambda: os.path.exists(os.path.join(workdir, run_guard.LOCK_FILE)), "the lock")
+  _wait_for(proc, lambda: os.path.exists(os.path.join(workdir, files.LOCK_FILE)), "the lock")
   proc.send_signal(signal.SIGTERM)
   rc = _finish(proc)
   log = (tmp_path / "startup.log").read_text()
-  assert rc == run_guard.EXIT_RETRYABLE, log[-3000:]
+  assert rc == files.EXIT_RETRYABLE, log[-3000:]
   assert "stopped: SIGTERM received during start-up" in log and "Traceback" not in log
-  assert not os.path.exists(os.path.join(workdir, run_guard.LOCK_FILE))
+  assert not os.path.exists(os.path.join(workdir, files.LOCK_FILE))
 
   # Evaluation: a finished run's rerun goes straight to the (slow, stubbed) evaluation.
   workdir = _copy(finished_run, tmp_path)
@@ -343,7 +346,7 @@ def test_sigterm_in_startup_and_evaluation_is_retryable_and_rerun_completes(
   proc.send_signal(signal.SIGTERM)
   rc = _finish(proc)
   log = (tmp_path / "eval.log").read_text()
-  assert rc == run_guard.EXIT_RETRYABLE, log[-3000:]
+  assert rc == files.EXIT_RETRYABLE, log[-3000:]
   assert "stopped: SIGTERM received during evaluation" in log and "Traceback" not in log
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   results = main_lib.train_and_evaluate(_config(data_dir), workdir)  # the rerun completes
@@ -433,7 +436,7 @@ def test_damaged_workdir_entry_is_one_line_and_nothing_is_truncated(finished_run
   workdir = _copy(finished_run, tmp_path)
   damage(os.path.join(workdir, entry))
   before = _snapshot(workdir)
-  with pytest.raises(run_guard.RunError) as err:
+  with pytest.raises(run_errors.RunError) as err:
     main_lib.train_and_evaluate(_config(data_dir), workdir)
   assert named in str(err.value) and os.path.join(workdir, entry) in str(err.value)
   assert "\n" not in str(err.value)
@@ -446,7 +449,7 @@ def test_evaluate_checks_results_json_before_evaluating(finished_run, tmp_path, 
   _garble(os.path.join(workdir, "results.json"))
   calls = []
   monkeypatch.setattr(evaluate, "evaluate_encoder", lambda *a, **k: calls.append(1) or {})
-  with pytest.raises(run_guard.RunError, match="results.json: not valid JSON") as err:
+  with pytest.raises(run_errors.RunError, match="results.json: not valid JSON") as err:
     evaluate_cli.evaluate_workdir(workdir)
   assert os.path.join(workdir, "results.json") in str(err.value)
   assert calls == []  # refused before any evaluation
@@ -476,7 +479,7 @@ def test_training_rerun_keeps_the_evaluations_recorded_by_evaluate(finished_run,
 def test_checkpoint_past_the_configs_end_is_refused_in_one_line(tmp_path):
   from hcl_jax.run.checkpointing import Restored
   config = support.digits_config()
-  with pytest.raises(run_guard.RunError) as err:
+  with pytest.raises(run_errors.RunError) as err:
     lifecycle.check_resumable(Restored(44, None, {}), 22, 8, config, str(tmp_path))
   message = str(err.value)
   assert "checkpoint 44" in message and "22 steps" in message and "num_epochs" in message

@@ -85,7 +85,7 @@ def global_batches(dataset: Iterable, mesh: jax.sharding.Mesh, *,
   finally:
     # Closed or dropped by the consumer: end the producer now, not in the
     # interpreter's teardown, where a thread inside C++ aborts the process
-    # (see run_guard.exit_now). It notices within one put timeout, or once
+    # (see run_errors.exit_now). It notices within one put timeout, or once
     # its current batch is read.
     stop.set()
     thread.join(timeout=10)

@@ -121,10 +121,11 @@ def train_and_evaluate(config: Any, workdir: str, *,
   ``IDENTITY_KEYS`` unless ``allow_config_change`` (``hcl_jax.run.lifecycle``).
   """
   from hcl_jax.run import guard as run_guard
+  from hcl_jax.run import errors as run_errors
 
   validate_config(config)
   if jax.process_count() > 1:
-    raise run_guard.RunError(f"graph runs use one process; this is one of {jax.process_count()}.")
+    raise run_errors.RunError(f"graph runs use one process; this is one of {jax.process_count()}.")
   with run_guard.hold_workdir(workdir, is_main=True) as lock:
     return _train_and_evaluate(config, workdir, lock, dataset, allow_config_change)
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from hcl_jax.config import values as checks
 from hcl_jax.config import registry
-from hcl_jax.run import guard as run_guard
+from hcl_jax.run import files
 from hcl_jax.run import workdir_fs
 from hcl_jax.reproduce import tables
 from hcl_jax.reproduce.tables import CELLS, Cell
@@ -190,7 +190,7 @@ def run_all(runs: Sequence[Run]) -> tuple[list[Run], bool]:
       code = proc.wait()
       if read_results(run.workdir) is not None:
         continue
-      if stop["signal"] is not None or code in (0, run_guard.EXIT_RETRYABLE, 130):
+      if stop["signal"] is not None or code in (0, files.EXIT_RETRYABLE, 130):
         # No results after a stop: the training saved and exited 75 (SIGTERM)
         # or 130 (Ctrl-C); 0 is what an older hcl_jax exited with after SIGTERM.
         print(f"[reproduce] {run.cell.name} seed{run.seed} stopped before the end; "

@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging
 
 from hcl_jax import distributed
-from hcl_jax.run import guard as run_guard
+from hcl_jax.run import errors as run_errors
 from hcl_jax.run.process_log import ProcessLog
 
 # The one --workdir of the command lines (hcl_jax.main, hcl_jax.evaluate,
@@ -55,7 +55,7 @@ def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],
   In this order:
 
   0. SIGUSR1 dumps every thread's Python stack to stderr (``faulthandler``).
-  1. SIGTERM / SIGINT raise ``run_guard.Interrupted`` (exit 75, "retry", one
+  1. SIGTERM / SIGINT raise ``run_errors.Interrupted`` (exit 75, "retry", one
      line naming ``phase``) until training's ``PreemptionGuard`` takes over.
   2. ``config()``: the run's config, checked before any backend starts or
      anything is written; a mistake in it (ValueError, ``RunError``) is one
@@ -63,7 +63,7 @@ def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],
   3. absl logging at WARNING unless ``--verbosity`` is given: orbax and TFDS
      log every file they touch at INFO, which would bury the progress display
      (pass ``--verbosity=0`` to see them).
-  4. Inside ``run_guard.one_line_errors`` (ended by ``run_guard.exit_now``):
+  4. Inside ``run_errors.one_line_errors`` (ended by ``run_errors.exit_now``):
      the multi-process runtime (``distributed.initialize_distributed``), then
      this process's log ``WORKDIR/logs/process_<i>.log`` (closed, i.e.
      uploaded, before any exit), a line naming the process and its devices,
@@ -81,19 +81,19 @@ def run(workdir: str, *, config: Callable[[], Any], work: Callable[[Any], int],
   # stderr: what a hung process (one of a pod's, say) is waiting in. The
   # tests' and the rehearsal's timeouts use it before they kill a process.
   faulthandler.register(signal.SIGUSR1, all_threads=True)
-  run_guard.exit_on_signals_outside_training()
-  run_guard.set_phase(phase)
-  with run_guard.one_line_errors(workdir):  # nothing started yet: a plain SystemExit
+  run_errors.exit_on_signals_outside_training()
+  run_errors.set_phase(phase)
+  with run_errors.one_line_errors(workdir):  # nothing started yet: a plain SystemExit
     checked = config()
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  with run_guard.one_line_errors(workdir, hard_exit=True):
+  with run_errors.one_line_errors(workdir, hard_exit=True):
     try:
       info = distributed.initialize_distributed()
     except distributed.DistributedInitError as e:
-      raise run_guard.RunError(f"DistributedInitError: {e}") from None
+      raise run_errors.RunError(f"DistributedInitError: {e}") from None
     with ProcessLog(workdir, info.process_index):
       print(f"Process {info.process_index} of {info.process_count} ({info.mode}): "
             f"{info.local_device_count} of {info.global_device_count} devices.", flush=True)
       code = work(checked)
-  run_guard.exit_now(code)
+  run_errors.exit_now(code)

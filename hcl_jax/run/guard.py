@@ -7,18 +7,10 @@
   the lock was written, i.e. a reused pid). A lock written on another host
   can't be checked from here, so it is never broken automatically: the
   message says which file to delete once that job is known to be dead.
-- Run identity (``run_identity``, ``check_identity``): the settings that make
-  two runs different experiments (an image run's ``IDENTITY_KEYS``: dataset,
-  image size, model, loss, optimizer, batch size, seed, augmentation, data
-  order; a graph run's ``hcl_jax.graph.train.IDENTITY_KEYS``) are stored in
-  every checkpoint (``hcl_jax.run.lifecycle``); resuming with a different
-  identity refuses with a one-line diff before anything is read, renamed or
-  overwritten. More epochs (and
-  logging, checkpointing and evaluation settings) are not identity.
 - ``Attempts``: every start of the run is recorded in
   ``<workdir>/attempts.json``, so ``wall_time_s`` adds up all attempts.
-- ``RunError`` and ``os_error_line``: failures a user can act on become one
-  line (``main`` prints them without a traceback).
+- ``hold_workdir``: the workdir checked usable (``check_workdir_entries``)
+  and locked by process 0, every process refusing together.
 
 Every workdir read and write goes through ``etils.epath`` (local paths and
 gs:// alike); only the lock's exclusive create differs by file system (see
@@ -36,42 +28,13 @@ from typing import Any, Mapping
 
 from etils import epath
 
-# The workdir's file names and the exit codes (defined in run.files, the
-# standard library only: the launchers import them too).
-from hcl_jax.run.files import (  # noqa: F401  (re-exported: run_guard.RESULTS_JSON ...)
-    ATTEMPTS_FILE, CHECKPOINTS_DIR, CONFIG_JSON, EXIT_ERROR, EXIT_INTERRUPTED,
-    EXIT_RETRYABLE, LOCK_FILE, METRICS_JSONL, RESULTS_JSON)
+from hcl_jax.run.files import ATTEMPTS_FILE, CHECKPOINTS_DIR, LOCK_FILE, METRICS_JSONL, RESULTS_JSON
 
-IDENTITY_KEY = "identity"
-
-# Keys of the config that define the experiment. A prefix ("model") covers
-# every key below it. Not here, so free to change on resume: num_epochs,
-# data_dir, logging / checkpointing / evaluation settings, input-pipeline
-# parallelism, on_nonfinite.
-IDENTITY_KEYS = ("dataset", "image_size", "batch_size", "seed", "model", "loss",
-                 "optimizer", "mixed_precision", "augment", "data.shuffle_buffer",
-                 "data.mean", "data.std")
-
-
-class RunError(Exception):
-  """A one-line, actionable failure (printed by ``main`` without a traceback)."""
+from hcl_jax.run.errors import RunError, os_error_line
 
 
 class WorkdirLocked(RunError):
   """Another live run holds the workdir."""
-
-
-class IdentityMismatch(RunError):
-  """The config is a different experiment than the checkpoints in the workdir."""
-
-
-def os_error_line(e: OSError, fallback_path: str | os.PathLike | None = None) -> str:
-  """``PATH: cause`` for an OS-level failure, e.g. ``/w/run.lock: Read-only file system``."""
-  path = e.filename if e.filename is not None else fallback_path
-  cause = e.strerror or type(e).__name__
-  if e.filename2 is not None:
-    path = f"{path} -> {e.filename2}"
-  return f"{path}: {cause}" if path is not None else f"{cause}: {e}"
 
 
 def _now_iso(t: float) -> str:
@@ -221,80 +184,6 @@ class WorkdirLock:
     self.release()
 
 
-# -------------------------------------------------------------------- identity
-
-
-def _lookup(config: Any, key: str) -> Any:
-  value = config
-  for part in key.split("."):
-    if value is None:
-      return None
-    value = value.get(part) if hasattr(value, "get") else None
-  return value
-
-
-def _flatten(prefix: str, value: Any, out: dict) -> None:
-  if hasattr(value, "to_dict"):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    for k in sorted(value):
-      _flatten(f"{prefix}.{k}", value[k], out)
-  elif isinstance(value, tuple):
-    out[prefix] = list(value)
-  else:
-    out[prefix] = value
-
-
-def run_identity(config: Any, keys: tuple[str, ...] = IDENTITY_KEYS) -> dict[str, Any]:
-  """The config's identity: a flat, JSON-able ``{"loss.beta": 1.0, ...}`` of
-  ``keys`` (an image run's ``IDENTITY_KEYS`` by default; a graph run's are
-  ``hcl_jax.graph.train.IDENTITY_KEYS``)."""
-  out: dict[str, Any] = {}
-  for key in keys:
-    _flatten(key, _lookup(config, key), out)
-  # JSON round trip: what is stored is what is compared (tuples -> lists).
-  return json.loads(json.dumps(out, default=str))
-
-
-def identity_diff(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """``["batch_size: 64 -> 32", ...]`` for every key that differs."""
-  diffs = []
-  for key in sorted(set(stored) | set(current)):
-    old, new = stored.get(key, "<unset>"), current.get(key, "<unset>")
-    if old != new:
-      diffs.append(f"{key}: {old!r} -> {new!r}")
-  return diffs
-
-
-def identity_from_config_json(workdir: str | os.PathLike,
-                              keys: tuple[str, ...] = IDENTITY_KEYS) -> dict[str, Any] | None:
-  """The identity (of ``keys``) of the config a previous run saved in ``workdir``, if any."""
-  path = epath.Path(workdir) / CONFIG_JSON
-  try:
-    return run_identity(json.loads(path.read_text()), keys)
-  except FileNotFoundError:
-    return None
-  except (ValueError, UnicodeDecodeError):
-    return None  # unreadable: nothing to compare with
-
-
-def check_identity(stored: Mapping[str, Any] | None, current: Mapping[str, Any], *,
-                   where: str, allow_change: bool) -> list[str]:
-  """Raises IdentityMismatch (one line) unless ``stored`` matches or changes are allowed.
-
-  Returns the differences (empty when they match or nothing was stored).
-  """
-  if stored is None:
-    return []
-  diffs = identity_diff(stored, current)
-  if diffs and not allow_change:
-    raise IdentityMismatch(
-        f"{where} was trained with a different config ({'; '.join(diffs)}); refusing to "
-        "resume. Use another --workdir for a new experiment, or pass "
-        "--allow_config_change to continue this run with the new settings.")
-  return diffs
-
-
 # -------------------------------------------------------------------- attempts
 
 
@@ -431,181 +320,3 @@ class _HeldWorkdir:
   def __exit__(self, *exc) -> None:
     if self.lock is not None:
       self.lock.release()
-
-
-# ------------------------------------------------------- signals, exit codes
-
-_phase = "start-up"
-
-
-class Interrupted(RunError):
-  """SIGTERM / SIGINT outside the training loop: exit EXIT_RETRYABLE."""
-
-  def __init__(self, signal_name: str | None, phase: str):
-    super().__init__(
-        f"{signal_name} received {phase}: exiting with code {EXIT_RETRYABLE} (retry); the "
-        "checkpoints are intact, rerun the same command to continue.")
-
-
-def set_phase(phase: str) -> None:
-  """Names the phase ("start-up", "evaluation") that a signal message reports."""
-  global _phase
-  _phase = phase
-
-
-def exit_on_signals_outside_training() -> None:
-  """SIGTERM / SIGINT raise Interrupted (outside PreemptionGuard, which replaces this)."""
-  import signal
-
-  def handler(signum, frame):
-    del frame
-    raise Interrupted(signal.Signals(signum).name, f"during {_phase}")
-
-  for signum in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(signum, handler)
-
-
-def _tensorstore_os_error(e: BaseException) -> str | None:
-  """``PATH: cause`` of a TensorStore I/O error (orbax's arrays), e.g.
-  ``ValueError: RESOURCE_EXHAUSTED: Error writing local file "P": ... [os_error_code='28']``."""
-  import re
-  text = str(e)
-  code = re.search(r"os_error_code='?(\d+)", text)
-  path = re.search(r'local file "([^"]+)"', text)
-  if code is None:
-    return None
-  where = path.group(1) if path else "the checkpoint directory"
-  return f"{where}: {os.strerror(int(code.group(1)))}"
-
-
-def _cause_chain(e: BaseException | None):
-  """``e``, then its ``__cause__`` / ``__context__``, each once."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    yield e
-    e = e.__cause__ or e.__context__
-
-
-def os_failure_line(e: BaseException,
-                    fallback_path: str | os.PathLike | None = None) -> str | None:
-  """``PATH: cause`` if ``e`` (or an exception in its cause chain) is an
-  OS-level failure: an OSError, or TensorStore's error with an
-  ``os_error_code`` (a full disk under orbax); else None."""
-  for error in _cause_chain(e):
-    if isinstance(error, OSError) and error.strerror:
-      return os_error_line(error, fallback_path)
-  for error in _cause_chain(e):
-    line = _tensorstore_os_error(error)
-    if line is not None:
-      return line
-  return None
-
-
-class one_line_errors:
-  """Turns the failures a user can act on into one line and an exit code.
-
-  Interrupted: EXIT_RETRYABLE. KeyboardInterrupt: EXIT_INTERRUPTED (130). RunError, ValueError,
-  Diverged, OSError (also one found in an exception's cause chain, e.g. a
-  full disk under orbax): EXIT_ERROR (1). Anything else keeps its traceback.
-  """
-
-  def __init__(self, workdir: str | os.PathLike | None = None, *, hard_exit: bool = False):
-    """Args:
-      workdir: named in an OS error that carries no path.
-      hard_exit: end through ``exit_now`` (command-line entry points), not
-        SystemExit.
-    """
-    self.workdir = workdir
-    self.hard_exit = hard_exit
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc, tb):
-    from hcl_jax import distributed
-    from hcl_jax.train import divergence
-
-    if exc is None:
-      return False
-    if isinstance(exc, Interrupted):
-      self._exit(f"stopped: {exc}", EXIT_RETRYABLE)
-    if isinstance(exc, KeyboardInterrupt):
-      self._exit("stopped: interrupted (Ctrl-C).", EXIT_INTERRUPTED)
-    if isinstance(exc, distributed.ProcessesOutOfStep):
-      leave_without_shutdown()  # a peer is stuck or gone: its shutdown barrier would wait too
-      self._exit(f"error: {exc}", EXIT_ERROR)
-    if isinstance(exc, (RunError, divergence.Diverged)):
-      self._exit(f"error: {exc}", EXIT_ERROR)
-    os_failure = os_failure_line(exc, self.workdir)
-    if os_failure is not None:
-      self._exit(f"error: {os_failure}", EXIT_ERROR)
-    if isinstance(exc, (ValueError, OSError)):  # config and data errors; an OSError
-      # without strerror (DatasetNotPreparedError) carries its whole message
-      self._exit(f"error: {exc}", EXIT_ERROR)
-    return False
-
-  def _exit(self, line: str, code: int) -> None:
-    import sys
-    print(line.splitlines()[0] if line else line, file=sys.stderr, flush=True)
-    if self.hard_exit:
-      exit_now(code)
-    raise SystemExit(code)
-
-
-_shutdown_on_exit = True
-_before_exit: list = []
-
-
-def leave_without_shutdown(before_exit=None) -> None:
-  """``exit_now`` then skips ``jax.distributed.shutdown``: its barrier would
-  wait for processes that are stuck or gone (a cross-process interrupt).
-  ``before_exit``, if given, is called (once) right before the process ends
-  instead (``hcl_jax.run.preemption``: the coordinator leaves last)."""
-  global _shutdown_on_exit
-  _shutdown_on_exit = False
-  if before_exit is not None and before_exit not in _before_exit:
-    _before_exit.append(before_exit)
-
-
-def exit_now(code: int) -> None:
-  """Ends the process with ``code`` once everything is on disk, skipping teardown.
-
-  Why not a normal exit: Python 3.11 ends any thread that takes the GIL
-  while the interpreter finalises with ``pthread_exit``. A thread inside
-  C++ at that moment (a tf.data or prefetch thread in JAX, a buffer freed on
-  XLA's threads) unwinds through a frame that swallows the forced unwind,
-  and glibc aborts: ``terminate called after throwing an instance of ''``,
-  ``FATAL: exception not rethrown``, rc 134, after everything was written,
-  which a scheduler counts as a failure (2 of 32 tiny complete runs, 3 at a
-  time on 2 cores; tests/test_exit_code.py makes it certain). Callers close
-  the checkpointer and the logger first; here the streams and log handlers
-  are flushed, a multi-process job leaves the coordination service cleanly
-  (its barrier), and the process ends without finalising the interpreter.
-  """
-  import logging as py_logging
-  import sys
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except (OSError, ValueError):
-      pass
-  for handler in py_logging.getLogger().handlers:
-    try:
-      handler.flush()
-    except (OSError, ValueError):
-      pass
-  if "jax" in sys.modules and _shutdown_on_exit:
-    try:
-      from jax._src import distributed
-      if distributed.global_state.client is not None:
-        import jax
-        jax.distributed.shutdown()
-    except Exception:  # pylint: disable=broad-except
-      pass  # exiting anyway; the code below is what matters
-  for hook in _before_exit:
-    try:
-      hook()
-    except Exception:  # pylint: disable=broad-except
-      pass  # exiting anyway
-  os._exit(code)

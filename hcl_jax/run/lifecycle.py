@@ -23,7 +23,7 @@ What each part does:
   checkpoints set aside) is opened; the config's identity (the kind's
   ``identity_keys``) is compared with the newest checkpoint's (or the saved
   config.json's) and a different experiment refused in one line
-  (``run_guard.IdentityMismatch``) before anything is read or renamed,
+  (``identity_lib.IdentityMismatch``) before anything is read or renamed,
   unless ``allow_config_change``.
 - ``finished_results``: a kind with ``keeps_results`` (graph runs) returns a
   finished run's results.json when it covers this config's steps (results
@@ -40,7 +40,7 @@ What each part does:
   covers.
 - ``training_ended``: a stopped run's line ("SIGTERM received: checkpoint N
   saved, exiting."); a signal during the last save raises
-  ``run_guard.Interrupted`` (exit 75).
+  ``run_errors.Interrupted`` (exit 75).
 - ``write_results``: ``wall_time_s`` and ``attempts`` added, evaluations
   recorded earlier by ``python -m hcl_jax.evaluate`` kept, results.json
   written by process 0.
@@ -56,6 +56,9 @@ import dataclasses
 from typing import Any, Iterator
 
 from hcl_jax.run import guard as run_guard
+from hcl_jax.run import errors as run_errors
+from hcl_jax.run import files
+from hcl_jax.run import identity as identity_lib
 
 NUM_DEVICES_KEY = "num_devices"  # in each checkpoint's extra: the device count it was saved on
 
@@ -72,10 +75,10 @@ class RunKind:
   past_end_hint: str = "Pass a --config.num_epochs that covers it."
 
   def identity(self, config: Any) -> dict[str, Any]:
-    return run_guard.run_identity(config, self.identity_keys)
+    return identity_lib.run_identity(config, self.identity_keys)
 
 
-IMAGE = RunKind("image", run_guard.IDENTITY_KEYS, keeps_results=False,
+IMAGE = RunKind("image", identity_lib.IDENTITY_KEYS, keeps_results=False,
                 past_end_hint="Pass a --config.num_epochs that covers it, or evaluate it with "
                               "`python -m hcl_jax.evaluate`.")
 
@@ -83,23 +86,23 @@ IMAGE = RunKind("image", run_guard.IDENTITY_KEYS, keeps_results=False,
 def exit_code(results: dict[str, Any]) -> int:
   """A command line's exit code for what ``train_and_evaluate`` returned: 0
   for results; saved and stopped before the end: 130 for a user's Ctrl-C,
-  else ``run_guard.EXIT_RETRYABLE`` (a scheduler restarts it)."""
+  else ``files.EXIT_RETRYABLE`` (a scheduler restarts it)."""
   if "stopped_at_step" not in results:
     return 0
-  return 130 if results.get("signal") == "SIGINT" else run_guard.EXIT_RETRYABLE
+  return 130 if results.get("signal") == "SIGINT" else files.EXIT_RETRYABLE
 
 
 def check_identity(ckpt: Any, identity: dict, workdir: str, allow_change: bool,
-                   keys: tuple[str, ...] = run_guard.IDENTITY_KEYS) -> None:
+                   keys: tuple[str, ...] = identity_lib.IDENTITY_KEYS) -> None:
   """Refuses (IdentityMismatch) before any checkpoint is restored or renamed;
   with ``allow_change`` says what changed. ``keys``: the identity's, for a
   workdir whose only record is its config.json."""
   newest = ckpt.newest_extra()
-  if newest is not None and run_guard.IDENTITY_KEY in newest[1]:
-    stored, where = newest[1][run_guard.IDENTITY_KEY], f"checkpoint {newest[0]} in {workdir}"
+  if newest is not None and identity_lib.IDENTITY_KEY in newest[1]:
+    stored, where = newest[1][identity_lib.IDENTITY_KEY], f"checkpoint {newest[0]} in {workdir}"
   else:  # no checkpoint, or one older than identities: the saved config.json
-    stored, where = run_guard.identity_from_config_json(workdir, keys), f"the run in {workdir}"
-  diffs = run_guard.check_identity(stored, identity, where=where, allow_change=allow_change)
+    stored, where = identity_lib.identity_from_config_json(workdir, keys), f"the run in {workdir}"
+  diffs = identity_lib.check_identity(stored, identity, where=where, allow_change=allow_change)
   if diffs:
     print(f"Continuing {where} with a changed config (--allow_config_change): "
           f"{'; '.join(diffs)}.", flush=True)
@@ -110,7 +113,7 @@ def check_resumable(restored: Any, total_steps: int, num_devices: int, config: A
   """Refuses a checkpoint past this config's end (RunError, one line); notes a
   change of device count on the console (and so in logs/process_<i>.log)."""
   if restored.step > total_steps:
-    raise run_guard.RunError(
+    raise run_errors.RunError(
         f"checkpoint {restored.step} in {workdir} is past the end of this config's "
         f"{total_steps} steps (num_epochs={config.num_epochs}); refusing to report a "
         f"{restored.step}-step state as {total_steps} steps. {hint}")
@@ -157,11 +160,11 @@ class Run:
       print(lock.stale_message(), flush=True)
     # Orbax's set-up is the first cross-process collective: start it together.
     distributed.wait_for_all_processes("before_checkpointer")
-    self.ckpt = Checkpointer(workdir_fs.as_path(workdir) / run_guard.CHECKPOINTS_DIR, keep=keep,
+    self.ckpt = Checkpointer(workdir_fs.as_path(workdir) / files.CHECKPOINTS_DIR, keep=keep,
                              save_every_steps=save_every_steps)
     try:
       check_identity(self.ckpt, self.identity, workdir, allow_config_change, kind.identity_keys)
-    except run_guard.IdentityMismatch:  # every process refuses (they read the same step)
+    except identity_lib.IdentityMismatch:  # every process refuses (they read the same step)
       self.ckpt.close()
       raise
 
@@ -233,7 +236,7 @@ class Run:
       if before_save is not None:
         before_save()
       self._logger.flush()  # every metric line this checkpoint covers is on disk before it
-      self.ckpt.maybe_save(step, state, {**extra, run_guard.IDENTITY_KEY: self.identity,
+      self.ckpt.maybe_save(step, state, {**extra, identity_lib.IDENTITY_KEY: self.identity,
                                          NUM_DEVICES_KEY: self.num_devices}, force=force)
       self.attempts.touch()
     self._step, self._stopped = step, stop
@@ -243,7 +246,7 @@ class Run:
     """After ``training``: None when training is complete. Stopped by a
     signal: its line (every process), the logger closed, and
     ``{"stopped_at_step", "signal"}``. A signal during the final save:
-    ``run_guard.Interrupted``."""
+    ``run_errors.Interrupted``."""
     if self._stopped:
       message = f"{self.guard.stop_reason}: checkpoint {self._step} saved, exiting."
       if self.is_main:
@@ -254,13 +257,13 @@ class Run:
       return {"stopped_at_step": self._step, "signal": self.guard.signal_name}
     if self.guard.should_stop:
       self._logger.close()
-      raise run_guard.Interrupted(self.guard.signal_name, "after training")
+      raise run_errors.Interrupted(self.guard.signal_name, "after training")
     return None
 
   def evaluation_phase(self) -> None:
     """From here a signal ends the run with exit 75 (every process of several)."""
     from hcl_jax.run import preemption
-    run_guard.set_phase("evaluation")
+    run_errors.set_phase("evaluation")
     preemption.exit_every_process_on_signal("evaluation")
 
   def write_results(self, results: dict[str, Any]) -> dict[str, Any]:
@@ -276,5 +279,5 @@ class Run:
       earlier = run_guard.read_results(self.workdir).get("evaluations")
       if earlier:
         results["evaluations"] = earlier
-      workdir_fs.write_json(workdir_fs.as_path(self.workdir) / run_guard.RESULTS_JSON, results)
+      workdir_fs.write_json(workdir_fs.as_path(self.workdir) / files.RESULTS_JSON, results)
     return results

@@ -1,6 +1,6 @@
 """Orbax's noise around a failure that the run reports in one line: the
 "Event loop is closed" tracebacks of a failed restore, and the repeated ERROR
-records of a full disk (see ``hcl_jax.run.guard.os_failure_line``)."""
+records of a full disk (see ``hcl_jax.run.errors.os_failure_line``)."""
 
 from __future__ import annotations
 
@@ -53,17 +53,17 @@ class OsErrorRecords(logging.Filter):
   [os_error_code='28']``) with a traceback from each of its threads (three
   or four, ~200-300 lines), and then raise it; the run reports that
   exception as one line naming the path and the cause
-  (``run_guard.one_line_errors``): a record is dropped when its exception is
-  one that would give (``run_guard.os_failure_line``). Other orbax records pass.
+  (``run_errors.one_line_errors``): a record is dropped when its exception is
+  one that would give (``run_errors.os_failure_line``). Other orbax records pass.
   """
 
   def filter(self, record: logging.LogRecord) -> bool:
-    from hcl_jax.run import guard as run_guard
+    from hcl_jax.run import errors as run_errors
 
     if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
     exc = record.exc_info[1] if record.exc_info else None
-    if exc is not None and run_guard.os_failure_line(exc) is not None:
+    if exc is not None and run_errors.os_failure_line(exc) is not None:
       return False
     message = record.getMessage()
     return "os_error_code=" not in message and "[Errno " not in message

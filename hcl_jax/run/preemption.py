@@ -5,7 +5,7 @@ and kill the process some seconds later. The default SIGTERM action kills
 the process at once, losing everything since the last periodic checkpoint.
 Inside a ``PreemptionGuard`` the signal only sets a flag; the train loop
 polls it once per step, saves, and returns; ``main`` then exits 75
-(``run_guard.EXIT_RETRYABLE``, "retry": the job is not finished).
+(``files.EXIT_RETRYABLE``, "retry": the job is not finished).
 
 What a signal does in each phase, on one process or several:
 
@@ -199,13 +199,13 @@ def exit_every_process_on_signal(phase: str) -> None:
   end one process and leave the others waiting forever in their next
   collective. Here a Python handler on the process that got the signal
   records it in the coordination service's key-value store and raises
-  ``run_guard.Interrupted`` (one line, exit 75); a watcher thread on every
+  ``run_errors.Interrupted`` (one line, exit 75); a watcher thread on every
   other process sees the key, interrupts its main thread the same way, and,
   if that thread is stuck in a collective with the process that left, ends
   the process after ``INTERRUPT_GRACE_S`` with code 75 itself.
 
   On one process it does nothing: the entry point's handler
-  (``run_guard.exit_on_signals_outside_training``) already exits 75.
+  (``run_errors.exit_on_signals_outside_training``) already exits 75.
 
   What it cannot see: a signal that reaches a process after its training
   loop's last preemption check and before this call (the final checkpoint's
@@ -223,7 +223,8 @@ def exit_every_process_on_signal(phase: str) -> None:
 
   from jax._src import distributed as jax_distributed
 
-  from hcl_jax.run import guard as run_guard
+  from hcl_jax.run import errors as run_errors
+  from hcl_jax.run import files
 
   client = jax_distributed.global_state.client
   me, count = jax.process_index(), jax.process_count()
@@ -250,8 +251,8 @@ def exit_every_process_on_signal(phase: str) -> None:
       client.key_value_set(_INTERRUPT_KEY, f"{me}:{name}")
     except Exception:  # pylint: disable=broad-except  (set already: another process was first)
       pass
-    run_guard.leave_without_shutdown(leave_coordinator_last)  # the others may be gone
-    raise run_guard.Interrupted(name, f"during {phase}")
+    run_errors.leave_without_shutdown(leave_coordinator_last)  # the others may be gone
+    raise run_errors.Interrupted(name, f"during {phase}")
 
   def watch():
     while True:
@@ -265,15 +266,15 @@ def exit_every_process_on_signal(phase: str) -> None:
       return  # this process's own handler is unwinding
     print(f"{name} received by process {sender} during {phase}: stopping this process too.",
           file=sys.stderr, flush=True)
-    run_guard.leave_without_shutdown(leave_coordinator_last)
+    run_errors.leave_without_shutdown(leave_coordinator_last)
     _thread.interrupt_main(signal_lib.SIGTERM)  # -> handler above, in the main thread
     time.sleep(INTERRUPT_GRACE_S)
     print(f"stopped: {name} received by process {sender} during {phase} (this process's "
           f"main thread did not unwind within {INTERRUPT_GRACE_S:.0f} s: it waits in a "
-          f"collective with that process): exiting with code {run_guard.EXIT_RETRYABLE} "
+          f"collective with that process): exiting with code {files.EXIT_RETRYABLE} "
           "(retry); the checkpoints are intact, rerun the same command to continue.",
           file=sys.stderr, flush=True)
-    run_guard.exit_now(run_guard.EXIT_RETRYABLE)
+    run_errors.exit_now(files.EXIT_RETRYABLE)
 
   for signum in (signal_lib.SIGTERM, signal_lib.SIGINT):
     signal_lib.signal(signum, handler)
