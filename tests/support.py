@@ -17,6 +17,21 @@ DIGITS_TEST_SIDE = 8  # the tiny end-to-end runs' image side
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def single_process_env(**extra: str) -> dict[str, str]:
+  """This process's environment for a command-line run in a subprocess: a
+  single process (no multi-process runtime settings from the caller), the
+  checkout first on the path, JAX on the CPU, plus ``extra``. XLA_FLAGS is
+  kept: the same 8 CPU devices as in-process."""
+  env = dict(os.environ)
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+               "JAX_LOCAL_DEVICE_IDS"):
+    env.pop(name, None)
+  env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  env.update(extra)
+  return env
+
+
 def digits_config():
   """A fresh configs/digits.py config (configs/ is loaded by path, not imported)."""
   return runpy.run_path(os.path.join(_ROOT, "configs", "digits.py"))["get_config"]()

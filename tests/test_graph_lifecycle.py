@@ -51,28 +51,18 @@ def _args(workdir, **overrides):
           + [f"--config.{k}={v}" for k, v in values.items()])
 
 
-def _env(**extra):
-  env = dict(os.environ)
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
-               "JAX_LOCAL_DEVICE_IDS"):
-    env.pop(name, None)
-  env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  env.update(extra)
-  return env
-
 
 def _cli(workdir, *extra, **overrides):
   """A whole `python -m hcl_jax.graph.main` run: (rc, stdout, stderr)."""
   proc = subprocess.run([sys.executable, "-m", "hcl_jax.graph.main", *_args(workdir, **overrides),
-                         *extra], cwd=_ROOT, env=_env(), capture_output=True, text=True,
+                         *extra], cwd=_ROOT, env=support.single_process_env(), capture_output=True, text=True,
                         timeout=_TIMEOUT_S)
   return proc.returncode, proc.stdout, proc.stderr
 
 
 def _start_slow(workdir, step_sleep, **overrides):
   return subprocess.Popen([sys.executable, "-c", _SLOW_LAUNCHER, *_args(workdir, **overrides)],
-                          cwd=_ROOT, env=_env(STEP_SLEEP=str(step_sleep)),
+                          cwd=_ROOT, env=support.single_process_env(STEP_SLEEP=str(step_sleep)),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -142,17 +132,24 @@ def straight(tmp_path_factory):
   return str(workdir), results, _metrics(workdir)
 
 
-def test_sigterm_saves_exits_75_and_the_rerun_ends_as_a_straight_run(straight, tmp_path):
-  workdir = str(tmp_path / "run")
-  proc = _start_slow(workdir, 0.4)
-  try:
-    _wait_for(proc, lambda: len(_metrics(workdir)) >= 2, "two epochs' metrics")
+def _sigterm(proc) -> str:
+  """SIGTERM to ``proc``, bounded (its stacks on timeout); asserts exit 75; its output."""
+  if proc.poll() is None:
     proc.send_signal(signal.SIGTERM)
+  try:
     output = support.collect_processes([proc], timeout_s=_TIMEOUT_S)[0]
   finally:
     if proc.poll() is None:
       proc.kill()
   assert proc.returncode == 75, output[-3000:]
+  return output
+
+
+def test_sigterm_saves_exits_75_and_the_rerun_ends_as_a_straight_run(straight, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = _start_slow(workdir, 0.4)
+  _wait_for(proc, lambda: len(_metrics(workdir)) >= 2, "two epochs' metrics")
+  output = _sigterm(proc)
   assert "Traceback" not in output
   stop = _steps_on_disk(workdir)[-1]
   assert f"SIGTERM received: checkpoint {stop} saved, exiting." in output, output[-3000:]
@@ -196,12 +193,8 @@ def test_second_run_on_a_live_workdir_refuses(tmp_path):
         f"(host {os.uname().nodename!r}, pid {proc.pid}"), err[-3000:]
     assert "Traceback" not in err
     assert proc.poll() is None, "the first run must still be training"
-    proc.send_signal(signal.SIGTERM)
-    output = support.collect_processes([proc], timeout_s=_TIMEOUT_S)[0]
   finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == 75, output[-3000:]
+    _sigterm(proc)  # the first run: still 75
 
 
 def test_kill_9_loses_no_metric_line_a_checkpoint_covers(straight, tmp_path):

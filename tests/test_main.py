@@ -106,20 +106,10 @@ def _cli_args(data_dir, workdir, **overrides):
           + [f"--config.{k}={v}" for k, v in values.items()])
 
 
-def _env():
-  env = dict(os.environ)  # XLA_FLAGS: the same 8 CPU devices as in-process
-  # A single-process run: no multi-process runtime settings from the caller.
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
-               "JAX_LOCAL_DEVICE_IDS"):
-    env.pop(name, None)
-  env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  return env
-
 
 def _launch(args, log_path):
   log = open(log_path, "w")
-  proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER] + args, cwd=_ROOT, env=_env(),
+  proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER] + args, cwd=_ROOT, env=support.single_process_env(),
                           stdout=log, stderr=subprocess.STDOUT)
   proc.log_file = log
   return proc
@@ -429,7 +419,7 @@ def test_cli_config_error_is_one_line(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "hcl_jax.main"]
       + _cli_args(str(tmp_path / "data"), str(tmp_path / "work"), loss__name="infonce"),
-      cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+      cwd=_ROOT, env=support.single_process_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert "error: config.loss.name must be one of" in proc.stderr
   assert "'infonce'" in proc.stderr

@@ -80,20 +80,10 @@ def _cli_args(data_dir, workdir, **overrides):
            f"--config.data_dir={data_dir}"] + [f"--config.{k}={v}" for k, v in values.items()])
 
 
-def _env(**extra):
-  env = dict(os.environ)
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
-               "JAX_LOCAL_DEVICE_IDS"):
-    env.pop(name, None)
-  env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.setdefault("JAX_PLATFORMS", "cpu")
-  env.update(extra)
-  return env
-
 
 def _launch(args, log_path, **env):
   log = open(log_path, "w")
-  proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER] + args, cwd=_ROOT, env=_env(**env),
+  proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER] + args, cwd=_ROOT, env=support.single_process_env(**env),
                           stdout=log, stderr=subprocess.STDOUT)
   proc.log_file = log
   return proc
@@ -316,7 +306,7 @@ def test_second_sigint_exits_at_once(tmp_path):
       "  time.sleep(30)\n"
       "print('NOT REACHED')\n")
   start = time.monotonic()
-  proc = subprocess.run([sys.executable, "-c", program], cwd=_ROOT, env=_env(),
+  proc = subprocess.run([sys.executable, "-c", program], cwd=_ROOT, env=support.single_process_env(),
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 130, proc.stderr[-2000:]
   assert "Second SIGINT: exiting at once" in proc.stderr
@@ -394,14 +384,14 @@ def test_evaluate_keeps_the_runs_checkpoints_and_results(finished_run, tmp_path,
 
 def test_evaluate_cli_is_absl_with_one_line_errors(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "hcl_jax.evaluate", "--workdir", str(tmp_path)],
-                        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+                        cwd=_ROOT, env=support.single_process_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
       f"error: {tmp_path / 'config.json'} does not exist: is {str(tmp_path)!r} a training "
       "run's workdir?")
   assert "Traceback" not in proc.stderr
   proc = subprocess.run([sys.executable, "-m", "hcl_jax.evaluate", "--readout=bogus"],
-                        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+                        cwd=_ROOT, env=support.single_process_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "--readout" in proc.stderr  # absl's flag validation
 
 
@@ -455,7 +445,7 @@ def test_evaluate_checks_results_json_before_evaluating(finished_run, tmp_path, 
   assert calls == []  # refused before any evaluation
   # The command line: one line, exit 1, before the backend starts.
   proc = subprocess.run([sys.executable, "-m", "hcl_jax.evaluate", "--workdir", workdir],
-                        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+                        cwd=_ROOT, env=support.single_process_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(
       f"error: {os.path.join(workdir, 'results.json')}: not valid JSON")

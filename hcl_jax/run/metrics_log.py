@@ -306,15 +306,12 @@ class MetricLogger:
       self._tb.flush()
 
   def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
-      self._bar = None
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+    # The progress bar, then the files (each flushed, i.e. uploaded, once more).
+    for name in ("_bar", "_jsonl", "_tb"):
+      part = getattr(self, name)
+      if part is not None:
+        part.close()
+        setattr(self, name, None)
 
   def __enter__(self) -> MetricLogger:
     return self
