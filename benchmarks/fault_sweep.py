@@ -45,7 +45,7 @@ TINY = {
 STEPS = 44
 STUB = (
     "import os, time\n"
-    "from hcl_jax import evaluate\n"
+    "from hcl_jax.evaluation import protocol as evaluate\n"
     "def fake(*a, **k):\n"
     "  time.sleep(float(os.environ.get('EVAL_SLEEP', '0')))\n"
     "  return {'linear_top1': 12.5, 'knn_top1': 25.0}\n"

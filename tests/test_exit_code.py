@@ -40,7 +40,7 @@ from support import data_dir  # noqa: F401  (fixture)
 _BUSY_AT_EXIT = (
     "import threading\n"
     "import jax, numpy as np\n"
-    "from hcl_jax import evaluate\n"
+    "from hcl_jax.evaluation import protocol as evaluate\n"
     "matmul = jax.jit(lambda a: (a @ a).sum())\n"
     "x = np.ones((128, 128), np.float32)\n"
     "def busy():\n"

@@ -73,7 +73,7 @@ _TINY = {
 # Runs hcl_jax.main's absl app with the evaluation stubbed out.
 _LAUNCHER = (
     "from absl import app\n"
-    "from hcl_jax import evaluate\n"
+    "from hcl_jax.evaluation import protocol as evaluate\n"
     f"evaluate.evaluate_encoder = lambda *a, **k: dict({_FAKE_EVAL!r})\n"
     "from hcl_jax import main\n"
     "app.run(main.main)\n")

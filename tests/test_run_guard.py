@@ -276,7 +276,7 @@ def test_exit_now_flushes_and_skips_the_teardown(tmp_path):
   """
   program = (
       "import atexit, os, sys\n"
-      "from hcl_jax import run_guard\n"
+      "from hcl_jax.run import errors as run_errors\n"
       "atexit.register(lambda: os.write(1, b'TEARDOWN'))\n"
       "class Crash:\n"
       "  def __del__(self):\n"

@@ -53,7 +53,7 @@ _TINY = {
 _LAUNCHER = (
     "import os, time\n"
     "from absl import app\n"
-    "from hcl_jax import evaluate\n"
+    "from hcl_jax.evaluation import protocol as evaluate\n"
     "def fake(*a, **k):\n"
     "  time.sleep(float(os.environ.get('EVAL_SLEEP', '0')))\n"
     f"  return dict({_FAKE_EVAL!r})\n"
