@@ -262,7 +262,8 @@ def test_the_image_configs_have_exactly_the_keys_of_base():
 
 
 def test_base_says_what_each_key_is():
-  """Each key of configs/base.py has a comment: on its line or right above it."""
+  """Each key of configs/base.py (the image and the graph schema) has a
+  comment: on its line or right above it."""
   import functools
   import io
   import re
@@ -272,18 +273,20 @@ def test_base_says_what_each_key_is():
   commented = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
                if tok.type == tokenize.COMMENT}
   lines = source.splitlines()
-  assigned = {}
+  assigned = []
   for number, line in enumerate(lines, 1):
     match = re.match(r"\s*config\.([a-z_.]+) = (?!ml_collections\.ConfigDict)", line)
     if match:
-      assigned[match.group(1)] = number
-  base = config_check.base_config()
-  leaves = {key for key in _keys(base)
-            if not hasattr(functools.reduce(lambda node, part: node[part], key.split("."), base),
-                           "keys")}
-  assert set(assigned) == leaves   # every leaf is set by a line this test reads
+      assigned.append((match.group(1), number))
+  leaves = set()
+  for kind in ("image", "graph"):
+    base = config_check.base_config(kind)
+    leaves |= {key for key in _keys(base)
+               if not hasattr(functools.reduce(lambda node, part: node[part], key.split("."), base),
+                              "keys")}
+  assert {key for key, _ in assigned} == leaves   # every leaf is set by a line this test reads
   above = {n + 1 for n in commented if lines[n - 1].lstrip().startswith("#")}
-  undocumented = [key for key, number in assigned.items()
+  undocumented = [key for key, number in assigned
                   if number not in commented and number not in above]
   assert not undocumented, f"keys of configs/base.py without a comment: {undocumented}"
 
