@@ -76,6 +76,19 @@ def test_no_import_cycle():
   assert cycle is None, " -> ".join(cycle)
 
 
+def test_no_import_cycle_between_packages():
+  """Packages import one way (losses <- models <- train <- run <- main, ...):
+  a package-level cycle is a layer that leaks."""
+  def package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+  graph: dict[str, set[str]] = {}
+  for module, deps in import_graph().items():
+    graph.setdefault(package(module), set()).update(
+        package(d) for d in deps if package(d) != package(module))
+  cycle = find_cycle(graph)
+  assert cycle is None, " -> ".join(cycle)
+
+
 def test_modules_are_small():
   sources = [*PACKAGE.rglob("*.py"), *(ROOT / "launch").rglob("*.py")]
   big = {str(p.relative_to(ROOT)): n for p in sources

@@ -55,6 +55,12 @@ def test_bad_model_config_rejected(key, value, match):
     config_check.validate(config)  # the entry point's check; create_model trusts it
 
 
+def test_the_registry_names_every_model_built_here():
+  # config.check refuses names by the registry's list; models builds them.
+  from hcl_jax.config import registry
+  assert tuple(models.MODELS) == registry.MODELS
+
+
 def test_projection_head_structure_and_normalised_outputs():
   model = support.tiny_model()
   x = _images(6, 8)

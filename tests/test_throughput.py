@@ -10,6 +10,7 @@ import pytest
 
 from gcs_emulator import BUCKET, gcs, gcs_env  # noqa: F401  (fixtures)
 from hcl_jax.run import metrics_log
+from hcl_jax.config import values as checks
 from hcl_jax.train import profiling
 from hcl_jax.train import throughput
 from hcl_jax.run.metrics_log import MetricLogger
@@ -110,13 +111,13 @@ def test_logger_throughput_fields_and_compile_line(tmp_path, monkeypatch, capsys
 @pytest.mark.parametrize("text,steps", [("", None), ("3,4", (3, 4)), ("1,1", (1, 1)),
                                         (" 2, 5", (2, 5))])
 def test_profile_steps_parse(text, steps):
-  assert profiling.parse_steps(text) == steps
+  assert checks.parse_step_range(text) == steps
 
 
 @pytest.mark.parametrize("text", ["5", "4,3", "0,2", "a,b", "1,2,3", "1,"])
 def test_profile_steps_refused_in_one_line(text):
   with pytest.raises(ValueError, match=r"^config\.profile_steps must be") as error:
-    profiling.parse_steps(text)
+    checks.parse_step_range(text)
   assert repr(text) in str(error.value) and "\n" not in str(error.value)
 
 

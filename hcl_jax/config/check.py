@@ -91,10 +91,8 @@ def _probability(config: Any, key: str) -> None:
 
 
 def _check_model(config: Any) -> None:
-  from hcl_jax import models
-
-  _one_of(config, "model.name", sorted(models.MODELS))
-  _one_of(config, "model.stem", models.STEMS)
+  _one_of(config, "model.name", registry.MODELS)
+  _one_of(config, "model.stem", registry.STEMS)
   _number(config, "model.width_multiplier", lambda v: v > 0, "> 0")
   width = config.model.width_multiplier
   if round(64 * width) < 1:
@@ -106,9 +104,7 @@ def _check_model(config: Any) -> None:
 
 
 def _check_optimizer(config: Any) -> None:
-  from hcl_jax.train import optim
-
-  _one_of(config, "optimizer.name", optim.OPTIMIZERS)
+  _one_of(config, "optimizer.name", registry.OPTIMIZERS)
   _number(config, "optimizer.learning_rate", lambda v: v > 0, "> 0")
   _number(config, "optimizer.weight_decay", lambda v: v >= 0, ">= 0")
   _number(config, "optimizer.warmup_epochs", lambda v: v >= 0, ">= 0")
@@ -203,11 +199,9 @@ def validate_run_config(config: Any, num_devices: int = 1) -> None:
         f"config.model.bn_group_size must be 0 (statistics over the whole per-view batch) or "
         f"an int >= 2 dividing config.batch_size={config.batch_size}; got {size!r}.")
   _check_augment(config)
-  from hcl_jax.train import divergence
-  _one_of(config, "on_nonfinite", divergence.MODES)
-  from hcl_jax.train import profiling
+  _one_of(config, "on_nonfinite", registry.ON_NONFINITE)
   try:
-    profiling.parse_steps(config.profile_steps)
+    checks.parse_step_range(config.profile_steps)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 

@@ -55,6 +55,13 @@ DATASETS: dict[str, Dataset] = {
 
 # config.loss.name: the three losses of hcl_jax.losses.
 LOSSES = ("nt_xent", "dcl", "hcl")
+# config.model.name (hcl_jax.models.MODELS builds each) and config.model.stem.
+MODELS = ("resnet18", "resnet34", "resnet50")
+STEMS = ("cifar", "imagenet")
+# config.optimizer.name (hcl_jax.train.optim).
+OPTIMIZERS = ("adam", "lars")
+# config.on_nonfinite (hcl_jax.train.divergence): end the run, or drop the update.
+ON_NONFINITE = ("stop", "skip")
 # config.loss.beta_anneal (hcl_jax.train.step.beta_at_step): constant, or walked down to 0.
 BETA_ANNEALS = ("none", "down")
 

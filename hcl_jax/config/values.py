@@ -61,3 +61,21 @@ def _finite_float(name: str, value: Any, allowed: str, in_range) -> float:
   if not math.isfinite(value_f) or not in_range(value_f):
     raise ValueError(message)
   return value_f
+
+
+def parse_step_range(text: str) -> tuple[int, int] | None:
+  """``"N,M"`` -> (N, M) with 1 <= N <= M; ``""`` -> None (no profile).
+
+  ValueError, one line naming the value, for anything else.
+  """
+  if text == "":
+    return None
+  parts = text.split(",") if isinstance(text, str) else []
+  try:
+    first, last = (int(p) for p in parts)
+  except ValueError:
+    first = last = None
+  if first is None or not 1 <= first <= last:
+    raise ValueError(f"config.profile_steps must be \"\" (no profile) or \"N,M\" with "
+                     f"1 <= N <= M (steps N to M traced); got {text!r}.")
+  return first, last

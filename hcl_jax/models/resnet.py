@@ -36,6 +36,8 @@ import jax.numpy as jnp
 
 from hcl_jax.losses import l2_normalize
 
+from hcl_jax.config.registry import STEMS
+
 ModuleDef = Any
 Array = jax.Array
 
@@ -174,9 +176,6 @@ class BottleneckBlock(nn.Module):
                            (self.strides, self.strides), name="conv_proj")(residual)
       residual = self.norm(name="norm_proj")(residual)
     return nn.relu(residual + y)
-
-
-STEMS = ("cifar", "imagenet")
 
 
 class ResNet(nn.Module):

@@ -21,6 +21,11 @@ class RunError(Exception):
   """A one-line, actionable failure (printed by ``main`` without a traceback)."""
 
 
+class Diverged(RunError):
+  """A non-finite step in ``on_nonfinite="stop"`` mode (``hcl_jax.train.divergence``):
+  the run ends without a checkpoint after the last good step."""
+
+
 def os_error_line(e: OSError, fallback_path: str | os.PathLike | None = None) -> str:
   """``PATH: cause`` for an OS-level failure, e.g. ``/w/run.lock: Read-only file system``."""
   path = e.filename if e.filename is not None else fallback_path
@@ -121,7 +126,6 @@ class one_line_errors:
 
   def __exit__(self, exc_type, exc, tb):
     from hcl_jax import distributed
-    from hcl_jax.train import divergence
 
     if exc is None:
       return False
@@ -132,7 +136,7 @@ class one_line_errors:
     if isinstance(exc, distributed.ProcessesOutOfStep):
       leave_without_shutdown()  # a peer is stuck or gone: its shutdown barrier would wait too
       self._exit(f"error: {exc}", EXIT_ERROR)
-    if isinstance(exc, (RunError, divergence.Diverged)):
+    if isinstance(exc, RunError):
       self._exit(f"error: {exc}", EXIT_ERROR)
     os_failure = os_failure_line(exc, self.workdir)
     if os_failure is not None:

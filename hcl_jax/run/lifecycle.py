@@ -197,7 +197,6 @@ class Run:
   def training(self, logger: Any) -> Iterator[Any]:
     """The step loop's context: a signal becomes a stop at ``end_of_step``;
     the checkpointer is closed at its end (a failure closes the logger too)."""
-    from hcl_jax.train import divergence
     from hcl_jax.run.preemption import PreemptionGuard
 
     self._logger = logger
@@ -206,7 +205,7 @@ class Run:
         self.guard = guard
         yield guard
         self.ckpt.close()  # inside the guard: a signal while the last save lands waits for it
-    except divergence.Diverged:
+    except run_errors.Diverged:
       self.ckpt.close()  # pending saves are of good steps; the entry point prints the one line
       logger.close()
       raise

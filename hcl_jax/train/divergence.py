@@ -21,14 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hcl_jax.config.registry import ON_NONFINITE
+from hcl_jax.run.errors import Diverged  # noqa: F401  (what DivergenceMonitor.check raises)
+
 NONFINITE_LOSS = 1
 NONFINITE_GRAD_NORM = 2
 NONFINITE_PARAMS = 4
-MODES = ("stop", "skip")
-
-
-class Diverged(Exception):
-  """A non-finite step in ``on_nonfinite="stop"`` mode (one-line message)."""
 
 
 def describe(code: int) -> str:
@@ -55,8 +53,8 @@ class DivergenceMonitor:
   """Tallies the step's ``nonfinite`` metric; ``check`` raises or counts."""
 
   def __init__(self, mode: str, start_step: int):
-    if mode not in MODES:
-      raise ValueError(f"config.on_nonfinite must be one of {MODES}; got {mode!r}.")
+    if mode not in ON_NONFINITE:
+      raise ValueError(f"config.on_nonfinite must be one of {ON_NONFINITE}; got {mode!r}.")
     self.mode = mode
     self.start_step = start_step
     self._tally = None

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from hcl_jax.config import values as checks
-
-OPTIMIZERS = ("adam", "lars")
+from hcl_jax.config.registry import OPTIMIZERS
 
 Schedule = Callable[[jax.Array | int], jax.Array]
 

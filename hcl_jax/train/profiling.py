@@ -22,34 +22,17 @@ import shutil
 import tempfile
 from typing import Any
 
-from hcl_jax.run import workdir_fs  # light: config_check imports this module before any backend
+from hcl_jax.config import values as checks
+from hcl_jax.run import workdir_fs
 
 from hcl_jax.run.files import PROFILE_DIR, process_file
-
-
-def parse_steps(text: str) -> tuple[int, int] | None:
-  """``"N,M"`` -> (N, M) with 1 <= N <= M; ``""`` -> None (no profile).
-
-  ValueError, one line naming the value, for anything else.
-  """
-  if text == "":
-    return None
-  parts = text.split(",") if isinstance(text, str) else []
-  try:
-    first, last = (int(p) for p in parts)
-  except ValueError:
-    first = last = None
-  if first is None or not 1 <= first <= last:
-    raise ValueError(f"config.profile_steps must be \"\" (no profile) or \"N,M\" with "
-                     f"1 <= N <= M (steps N to M traced); got {text!r}.")
-  return first, last
 
 
 class StepProfiler:
   """Starts a trace before step N and stops it after step M."""
 
   def __init__(self, workdir: str | os.PathLike, steps: str, *, process_index: int = 0):
-    self._range = parse_steps(steps)
+    self._range = checks.parse_step_range(steps)
     self._destination = workdir_fs.as_path(workdir) / PROFILE_DIR / process_file(process_index, "")
     self._local: str | None = None   # where the profiler writes while it runs
     self._running = False
