@@ -199,7 +199,7 @@ class Attempts:
   def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
     self.path = epath.Path(workdir) / ATTEMPTS_FILE
     self.enabled = enabled
-    self.start = time.time()
+    self.start = round(time.time(), 3)  # as recorded, so sums agree with the file
     self._previous: list[dict] = []
     if enabled:
       try:
@@ -219,15 +219,18 @@ class Attempts:
                   for a in self._previous)
     return earlier + (now - self.start)
 
-  def touch(self) -> None:
-    """Records that this attempt is alive now (atomic rewrite)."""
+  def touch(self) -> float:
+    """Records that this attempt is alive now (atomic rewrite); returns that
+    time, as recorded (``wall_time_s(touch())`` is what a rerun will count)."""
+    now = round(time.time(), 3)
     if not self.enabled:
-      return
-    records = self._previous + [{"start": round(self.start, 3),
-                                 "last_seen": round(time.time(), 3),
+      return now
+    records = self._previous + [{"start": self.start,
+                                 "last_seen": now,
                                  "host": socket.gethostname(), "pid": os.getpid()}]
     from hcl_jax.run import workdir_fs  # atomic locally; one upload on gs:// (no rename there)
     workdir_fs.write_text(self.path, json.dumps(records, indent=1) + "\n")
+    return now
 
 
 def read_results(workdir: str | os.PathLike) -> dict[str, Any]:

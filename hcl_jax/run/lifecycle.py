@@ -271,8 +271,10 @@ class Run:
     to results.json by process 0. Returns what was written."""
     from hcl_jax.run import workdir_fs
 
-    self.attempts.touch()  # this attempt's end: a rerun of the finished run counts all of it
-    results = {**results, "wall_time_s": round(self.attempts.wall_time_s(), 1),
+    # This attempt's end, as attempts.json records it: a rerun of the finished
+    # run counts exactly this much of it (the write itself may take a while).
+    end = self.attempts.touch()
+    results = {**results, "wall_time_s": round(self.attempts.wall_time_s(end), 1),
                "attempts": self.attempts.count}
     if self.is_main:
       earlier = run_guard.read_results(self.workdir).get("evaluations")

@@ -8,15 +8,25 @@ import logging
 import os
 
 
+# Orbax's error for one array of a restore that TensorStore could not read.
+_UNREAD_ARRAY = "Encountered error while reading array index"
+
+
 class quiet_closed_loop_errors:
-  """Drops the "Event loop is closed" tracebacks of a failed restore or save.
+  """Drops the tracebacks a failed restore or save leaves behind.
 
   When one array of a restore (or save) fails, orbax closes its asyncio loop while
   TensorStore still completes the other reads; each completion then prints a
-  RuntimeError traceback (thousands of lines for a big state) through
-  ``sys.excepthook`` / ``sys.unraisablehook``. Those carry no information
-  (the failure itself is reported), so the filter stays installed for the
-  rest of the process: completions keep arriving after ``restore`` returns.
+  RuntimeError "Event loop is closed" traceback (thousands of lines for a
+  big state), and each read of another damaged array whose coroutine was
+  never awaited prints "Exception ignored in: <coroutine object
+  _read_array_index_and_device_put>" with orbax's "Encountered error while
+  reading array index" and the array's whole TensorStore spec (seen under
+  load: the graph lifecycle test's damaged checkpoint). They come through
+  ``sys.excepthook`` / ``sys.unraisablehook`` and carry no information (the
+  failure itself is reported, with the step), so the filter stays installed
+  for the rest of the process: completions keep arriving after ``restore``
+  returns.
   """
   _installed = False
 
@@ -28,7 +38,8 @@ class quiet_closed_loop_errors:
       old_excepthook, old_unraisable = sys.excepthook, sys.unraisablehook
 
       def is_noise(exc) -> bool:
-        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+        return ((isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed")
+                or str(exc).startswith(_UNREAD_ARRAY))
 
       def excepthook(exc_type, exc, tb):
         if not is_noise(exc):
