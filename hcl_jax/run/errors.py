@@ -40,8 +40,14 @@ def os_error_line(e: OSError, fallback_path: str | os.PathLike | None = None) ->
 _phase = "start-up"
 
 
-class Interrupted(RunError):
-  """SIGTERM / SIGINT outside the training loop: exit EXIT_RETRYABLE."""
+class Interrupted(BaseException):
+  """SIGTERM / SIGINT outside the training loop: exit EXIT_RETRYABLE.
+
+  A BaseException, as KeyboardInterrupt is: the signal handler raises it
+  wherever the main thread is, and a library's ``except Exception`` there
+  (orbax opening the checkpoints, seen once in a busy CI run: the start-up
+  SIGTERM was swallowed and the run trained on) must not eat it.
+  """
 
   def __init__(self, signal_name: str | None, phase: str):
     super().__init__(
