@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import logging
 import pathlib
 import re
 import urllib.error
@@ -13,8 +12,6 @@ import urllib.request
 from typing import Callable, Mapping, Sequence
 
 from absl import flags
-
-logger = logging.getLogger(__name__)
 
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None,
