@@ -314,6 +314,36 @@ def test_second_sigint_exits_at_once(tmp_path):
   assert time.monotonic() - start < 25
 
 
+def test_a_signal_swallowed_by_a_gc_callback_is_raised_at_the_next_phase_boundary(tmp_path):
+  # A busy CI run: the start-up SIGTERM's handler ran inside JAX's garbage
+  # collection callback, Python printed "Exception ignored" and the run
+  # trained on to exit 0. Here the signal lands inside a gc callback for sure.
+  program = (
+      "import gc, os, signal, sys\n"
+      "from hcl_jax.run import errors\n"
+      "errors.exit_on_signals_outside_training()\n"
+      "def callback(phase, info):\n"
+      "  if phase == 'start':\n"
+      "    gc.callbacks.remove(callback)\n"
+      "    os.kill(os.getpid(), signal.SIGTERM)\n"
+      "    for _ in range(1000): pass\n"
+      "gc.callbacks.append(callback)\n"
+      "gc.collect()\n"
+      "print('went on', flush=True)\n"
+      "try:\n"
+      "  errors.raise_if_interrupted()\n"
+      "except errors.Interrupted as e:\n"
+      "  print('raised:', e, flush=True)\n"
+      "  sys.exit(75)\n"
+      "print('NOT REACHED')\n")
+  proc = subprocess.run([sys.executable, "-c", program], cwd=_ROOT, env=support.single_process_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert "Exception ignored in" in proc.stderr, proc.stderr[-2000:]  # the swallow happened
+  assert proc.returncode == files.EXIT_RETRYABLE, proc.stderr[-2000:]
+  assert "went on" in proc.stdout and "NOT REACHED" not in proc.stdout
+  assert "raised: SIGTERM received during start-up" in proc.stdout
+
+
 def test_sigterm_in_startup_and_evaluation_is_retryable_and_rerun_completes(
     finished_run, data_dir, tmp_path, fake_eval):
   # Start-up: the lock exists once the backend is up; the state is not built yet.

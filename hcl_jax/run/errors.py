@@ -38,6 +38,13 @@ def os_error_line(e: OSError, fallback_path: str | os.PathLike | None = None) ->
 # ------------------------------------------------------- signals, exit codes
 
 _phase = "start-up"
+# The last signal the handlers below raised Interrupted for, as (name,
+# phase): a handler runs wherever the main thread is, and where that is a
+# callback whose exceptions Python prints and ignores (JAX's garbage
+# collection callback, seen in a busy CI run: the start-up SIGTERM was lost
+# and the run trained on), ``raise_if_interrupted`` raises it again at the
+# next phase boundary.
+_pending: tuple[str | None, str] | None = None
 
 
 class Interrupted(BaseException):
@@ -61,13 +68,29 @@ def set_phase(phase: str) -> None:
   _phase = phase
 
 
+def interrupt(signal_name: str | None, phase: str) -> None:
+  """Raises Interrupted for a signal, remembered for ``raise_if_interrupted``."""
+  global _pending
+  _pending = (signal_name, phase)
+  raise Interrupted(signal_name, phase)
+
+
+def raise_if_interrupted() -> None:
+  """Raises Interrupted again if a signal's was swallowed (see ``_pending``).
+
+  Called where a phase ends: before the training loop takes the signals
+  over, and before the results are written."""
+  if _pending is not None:
+    raise Interrupted(*_pending)
+
+
 def exit_on_signals_outside_training() -> None:
   """SIGTERM / SIGINT raise Interrupted (outside PreemptionGuard, which replaces this)."""
   import signal
 
   def handler(signum, frame):
     del frame
-    raise Interrupted(signal.Signals(signum).name, f"during {_phase}")
+    interrupt(signal.Signals(signum).name, f"during {_phase}")
 
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, handler)

@@ -201,6 +201,7 @@ class Run:
 
     self._logger = logger
     try:
+      run_errors.raise_if_interrupted()  # a start-up signal that a callback swallowed
       with PreemptionGuard(handle_sigint=True) as guard:
         self.guard = guard
         yield guard
@@ -271,6 +272,7 @@ class Run:
     to results.json by process 0. Returns what was written."""
     from hcl_jax.run import workdir_fs
 
+    run_errors.raise_if_interrupted()  # an evaluation signal that a callback swallowed
     # This attempt's end, as attempts.json records it: a rerun of the finished
     # run counts exactly this much of it (the write itself may take a while).
     end = self.attempts.touch()

@@ -252,7 +252,7 @@ def exit_every_process_on_signal(phase: str) -> None:
     except Exception:  # pylint: disable=broad-except  (set already: another process was first)
       pass
     run_errors.leave_without_shutdown(leave_coordinator_last)  # the others may be gone
-    raise run_errors.Interrupted(name, f"during {phase}")
+    run_errors.interrupt(name, f"during {phase}")
 
   def watch():
     while True:
