@@ -317,7 +317,8 @@ def test_second_sigint_exits_at_once(tmp_path):
 def test_a_signal_swallowed_by_a_gc_callback_is_raised_at_the_next_phase_boundary(tmp_path):
   # A busy CI run: the start-up SIGTERM's handler ran inside JAX's garbage
   # collection callback, Python printed "Exception ignored" and the run
-  # trained on to exit 0. Here the signal lands inside a gc callback for sure.
+  # trained on to exit 0 (and once that was fixed, the report's traceback
+  # was still in the log). Here the signal lands inside a gc callback for sure.
   program = (
       "import gc, os, signal, sys\n"
       "from hcl_jax.run import errors\n"
@@ -338,9 +339,10 @@ def test_a_signal_swallowed_by_a_gc_callback_is_raised_at_the_next_phase_boundar
       "print('NOT REACHED')\n")
   proc = subprocess.run([sys.executable, "-c", program], cwd=_ROOT, env=support.single_process_env(),
                         capture_output=True, text=True, timeout=120)
-  assert "Exception ignored in" in proc.stderr, proc.stderr[-2000:]  # the swallow happened
   assert proc.returncode == files.EXIT_RETRYABLE, proc.stderr[-2000:]
-  assert "went on" in proc.stdout and "NOT REACHED" not in proc.stdout
+  assert "went on" in proc.stdout and "NOT REACHED" not in proc.stdout  # the swallow happened
+  # ... and Python's "Exception ignored in" report with its traceback is not printed.
+  assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
   assert "raised: SIGTERM received during start-up" in proc.stdout
 
 

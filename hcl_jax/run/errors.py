@@ -72,7 +72,26 @@ def interrupt(signal_name: str | None, phase: str) -> None:
   """Raises Interrupted for a signal, remembered for ``raise_if_interrupted``."""
   global _pending
   _pending = (signal_name, phase)
+  _quiet_swallowed_interrupts()
   raise Interrupted(signal_name, phase)
+
+
+def _quiet_swallowed_interrupts() -> None:
+  """Python reports an exception that a callback swallows (a gc callback's)
+  through ``sys.unraisablehook``, as "Exception ignored in ..." and a
+  traceback; an Interrupted is not lost (``raise_if_interrupted``), so that
+  report is dropped: the run ends with its one line."""
+  import sys
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_interrupted", False):
+    return
+
+  def hook(unraisable):
+    if not isinstance(unraisable.exc_value, Interrupted):
+      previous(unraisable)
+
+  hook._drops_interrupted = True
+  sys.unraisablehook = hook
 
 
 def raise_if_interrupted() -> None:
