@@ -45,6 +45,8 @@ _phase = "start-up"
 # and the run trained on), ``raise_if_interrupted`` raises it again at the
 # next phase boundary.
 _pending: tuple[str | None, str] | None = None
+# True once interrupt() has installed its sys.unraisablehook (once per process).
+_interrupt_reports_dropped = False
 
 
 class Interrupted(BaseException):
@@ -81,16 +83,17 @@ def _quiet_swallowed_interrupts() -> None:
   through ``sys.unraisablehook``, as "Exception ignored in ..." and a
   traceback; an Interrupted is not lost (``raise_if_interrupted``), so that
   report is dropped: the run ends with its one line."""
+  global _interrupt_reports_dropped
+  if _interrupt_reports_dropped:
+    return
+  _interrupt_reports_dropped = True
   import sys
   previous = sys.unraisablehook
-  if getattr(previous, "_drops_interrupted", False):
-    return
 
   def hook(unraisable):
     if not isinstance(unraisable.exc_value, Interrupted):
       previous(unraisable)
 
-  hook._drops_interrupted = True
   sys.unraisablehook = hook
 
 
